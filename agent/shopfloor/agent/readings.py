@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from shopfloor.contract.envelope import RecordKind
 from shopfloor.contract.states import Observation
 
 
@@ -48,3 +50,18 @@ class DeviceEvent:
     event: str  # alarm_raised, alarm_cleared, message, error_reply, device_reset
     code: int | None = None
     text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the tracker hands the publisher: one machine record before it gets its seq.
+
+    The publisher adds agent, stream and seq (persisted) and turns it into an
+    :class:`~shopfloor.contract.envelope.Envelope`.
+    """
+
+    kind: RecordKind
+    machine: str
+    ts_ms: int
+    mono_ms: int
+    body: Mapping[str, Any]
