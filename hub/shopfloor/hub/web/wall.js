@@ -1,0 +1,446 @@
+// Shopfloor wall page: every machine's state, live, for a TV across the workshop.
+//
+// Data (relative URLs, so the page also works behind a proxy under a sub-path):
+//   GET api/v1/machines  -> {"machines": [MachineView, ...]}   full list, on load, on every
+//                           (re)connect of the stream and every 60 s as a safety net
+//   GET api/v1/events    -> server-sent events, `event: machine` + `data: <MachineView JSON>`
+//
+// URL parameters of the page itself:
+//   ?token=...   bearer token: sent as `Authorization: Bearer` to api/v1/machines and as
+//                `?access_token=` to api/v1/events (EventSource cannot send headers)
+//   ?site=...    show only the machines of this site
+//   ?title=...   header text (default: the site name(s) the machines report)
+//   ?stale=60    seconds without data after which a tile warns "no data for …"
+//
+// No dependencies, no build step, no network beyond the hub. Data only ever reaches the
+// document through textContent and attributes, never innerHTML.
+"use strict";
+
+(() => {
+  const STATES = ["ALARM", "RUNNING", "PAUSED", "SETUP", "IDLE", "OFFLINE"];
+  const RETRY_MIN_MS = 1000;
+  const RETRY_MAX_MS = 30000;
+  const REFETCH_EVERY_MS = 60000;
+  const FETCH_TIMEOUT_MS = 10000;
+  const BANNER_AFTER_MS = 10000;
+  // A stream stuck "connecting" this long (a proxy that accepts and never answers) is
+  // replaced by a fresh one.
+  const STUCK_AFTER_MS = 45000;
+  // Only trust the hub's Date header (1 s resolution) when the local clock is clearly off:
+  // a Pi behind a TV has no real-time clock and may boot without NTP.
+  const SKEW_THRESHOLD_MS = 5000;
+  const PHONE = window.matchMedia("(max-width: 700px)");
+
+  const params = new URLSearchParams(window.location.search);
+  const token = params.get("token") || "";
+  const siteFilter = params.get("site") || "";
+  const titleParam = params.get("title") || "";
+  const staleSeconds = Number(params.get("stale"));
+  const staleAfterMs = Number.isFinite(staleSeconds) && staleSeconds > 0 ? staleSeconds * 1000 : 60000;
+
+  const $ = (id) => document.getElementById(id);
+  const grid = $("grid");
+  const template = $("tile-template");
+  const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
+
+  /** id -> {view, seq, tile, els, key} */
+  const machines = new Map();
+  let eventSeq = 0; // bumps on every stream event; lets a slow full fetch lose to newer events
+  let skewMs = 0;
+  let source = null;
+  let retryMs = RETRY_MIN_MS;
+  let retryTimer = 0;
+  let connectedAt = 0; // when the current EventSource was created
+  let openedBefore = false;
+  let lostSince = null;
+  let authProblem = "";
+
+  const now = () => Date.now() + skewMs;
+
+  // ---- formatting -------------------------------------------------------------------------
+
+  const pad2 = (n) => String(n).padStart(2, "0");
+
+  /** "42 s", "12 min", "1 h 05 min", "3 d 04 h" */
+  function formatDuration(ms) {
+    const s = Math.max(0, Math.floor(ms / 1000));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min`;
+    const h = Math.floor(m / 60);
+    if (h < 24) return `${h} h ${pad2(m % 60)} min`;
+    return `${Math.floor(h / 24)} d ${pad2(h % 24)} h`;
+  }
+
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function setAttr(el, name, value) {
+    if (value === null) {
+      if (el.hasAttribute(name)) el.removeAttribute(name);
+    } else if (el.getAttribute(name) !== value) {
+      el.setAttribute(name, value);
+    }
+  }
+
+  function show(el, visible) {
+    if (el.hidden === visible) el.hidden = !visible;
+  }
+
+  // ---- tiles ------------------------------------------------------------------------------
+
+  function sortKey(view) {
+    return { name: String(view.name || view.id), id: String(view.id) };
+  }
+
+  function compareKeys(a, b) {
+    return collator.compare(a.name, b.name) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+  }
+
+  function createTile(id) {
+    const tile = template.content.firstElementChild.cloneNode(true);
+    tile.dataset.machine = id;
+    const q = (cls) => tile.querySelector(`.${cls}`);
+    const els = {
+      name: q("name"),
+      kind: q("kind"),
+      state: q("state"),
+      duration: q("duration"),
+      alarm: q("alarm"),
+      program: q("program"),
+      programName: q("program-name"),
+      detail: q("detail"),
+      seen: q("seen"),
+    };
+    return { tile, els };
+  }
+
+  /** Put the tile where it belongs in name order (stable: name, then id). */
+  function place(entry) {
+    let before = null;
+    for (const other of machines.values()) {
+      if (other === entry || !other.tile.isConnected) continue;
+      if (compareKeys(entry.key, other.key) < 0 && (!before || compareKeys(other.key, before.key) < 0)) {
+        before = other;
+      }
+    }
+    const ref = before ? before.tile : null;
+    if (entry.tile.parentNode !== grid || entry.tile.nextElementSibling !== ref) {
+      grid.insertBefore(entry.tile, ref);
+    }
+  }
+
+  function render(entry) {
+    const v = entry.view;
+    const { tile, els } = entry;
+    const state = STATES.includes(v.state) ? v.state : "UNKNOWN";
+    setAttr(tile, "data-state", state);
+    setText(els.name, String(v.name || v.id));
+    setAttr(els.name, "title", String(v.name || v.id));
+    setText(els.kind, [v.kind, v.protocol].filter(Boolean).join(" · "));
+    setText(els.state, String(v.state || "UNKNOWN"));
+    setText(els.detail, String(v.detail || ""));
+
+    const alarm = state === "ALARM" && v.alarm ? v.alarm : null;
+    if (alarm) {
+      const code = alarm.code === null || alarm.code === undefined ? "" : `Alarm ${alarm.code}`;
+      setText(els.alarm, [code, String(alarm.text || "")].filter(Boolean).join(": ") || "Alarm");
+    }
+    show(els.alarm, Boolean(alarm));
+
+    setText(els.programName, v.program ? String(v.program) : "");
+    setAttr(els.programName, "title", v.program ? String(v.program) : null);
+    // The program line keeps its place when empty, so the bands of a row line up.
+    setAttr(els.program, "data-empty", v.program ? null : "true");
+    tick(entry, now());
+  }
+
+  /** The parts of a tile that change with time alone. */
+  function tick(entry, t) {
+    const v = entry.view;
+    const { tile, els } = entry;
+    setText(els.duration, typeof v.since === "number" ? formatDuration(t - v.since) : "");
+
+    let seen = "";
+    let stale = false;
+    const age = typeof v.last_seen === "number" ? t - v.last_seen : null;
+    if (v.state === "OFFLINE") {
+      seen = age === null ? "never seen" : `last seen ${formatDuration(age)} ago`;
+    } else if (v.online === false) {
+      seen = "agent offline";
+      stale = true;
+    } else if (age !== null && age > staleAfterMs) {
+      seen = `no data for ${formatDuration(age)}`;
+      stale = true;
+    }
+    setText(els.seen, seen);
+    show(els.seen, Boolean(seen));
+    setAttr(tile, "data-stale", stale ? "true" : null);
+  }
+
+  function apply(view, seq) {
+    if (!view || typeof view.id !== "string") return;
+    if (siteFilter && view.site !== siteFilter) return;
+    let entry = machines.get(view.id);
+    const isNew = !entry;
+    if (isNew) {
+      entry = { ...createTile(view.id), view, seq, key: sortKey(view) };
+      machines.set(view.id, entry);
+    }
+    entry.view = view;
+    entry.seq = Math.max(entry.seq, seq);
+    const key = sortKey(view);
+    const moved = isNew || compareKeys(key, entry.key) !== 0;
+    entry.key = key;
+    render(entry);
+    if (moved) {
+      place(entry);
+      layout();
+    }
+    renderHeader();
+  }
+
+  // ---- header: title, summary, clock, connection --------------------------------------------
+
+  function renderHeader() {
+    const sites = [...new Set([...machines.values()].map((e) => String(e.view.site || "")))]
+      .filter(Boolean)
+      .sort(collator.compare);
+    const title = titleParam || siteFilter || sites.join(" · ") || "Shopfloor";
+    setText($("site"), title);
+    if (document.title !== `${title} · Shopfloor wall`) document.title = `${title} · Shopfloor wall`;
+
+    const counts = new Map();
+    for (const e of machines.values()) {
+      const s = STATES.includes(e.view.state) ? e.view.state : "UNKNOWN";
+      counts.set(s, (counts.get(s) || 0) + 1);
+    }
+    const summary = $("summary");
+    const wanted = STATES.filter((s) => counts.get(s));
+    const current = [...summary.children].map((li) => `${li.dataset.state}:${li.textContent}`);
+    const next = wanted.map((s) => `${s}:${counts.get(s)} ${s.toLowerCase()}`);
+    if (current.join("|") !== next.join("|")) {
+      summary.replaceChildren(
+        ...wanted.map((s) => {
+          const li = document.createElement("li");
+          li.dataset.state = s;
+          li.textContent = `${counts.get(s)} ${s.toLowerCase()}`;
+          return li;
+        }),
+      );
+    }
+    show($("empty"), machines.size === 0);
+  }
+
+  function renderClock(t) {
+    const d = new Date(t);
+    setText($("clock-time"), d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+    setText($("clock-date"), d.toLocaleDateString([], { weekday: "short", day: "numeric", month: "short" }));
+    setAttr($("clock-time"), "datetime", d.toISOString());
+  }
+
+  function setConn(state) {
+    const conn = $("conn");
+    if (state === "lost" && lostSince === null) lostSince = now();
+    if (state === "live") lostSince = null;
+    setAttr(conn, "data-conn", state);
+    const text = { live: "Live", connecting: "Connecting…", lost: "Connection lost · retrying" }[state];
+    setText($("conn-text"), text);
+    document.body.dataset.conn = state;
+    renderBanner(now());
+  }
+
+  function renderBanner(t) {
+    const banner = $("banner");
+    let text = authProblem;
+    if (!text && lostSince !== null && t - lostSince >= BANNER_AFTER_MS) {
+      const at = new Date(lostSince).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      text = `No live data from the hub since ${at}. Showing the last known state; reconnecting by itself.`;
+    }
+    setText(banner, text);
+    show(banner, Boolean(text));
+  }
+
+  // ---- layout: fill the TV with the largest tiles that fit ----------------------------------
+
+  const TILE_ASPECT = 1.3; // preferred width / height
+  const MIN_TILE_WIDTH = 180;
+
+  function layout() {
+    const n = grid.children.length;
+    if (PHONE.matches || n === 0) {
+      delete grid.dataset.fit;
+      return;
+    }
+    const style = getComputedStyle(grid);
+    const gap = parseFloat(style.columnGap) || 0;
+    const w = grid.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const h = grid.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    let best = null;
+    for (let cols = 1; cols <= n; cols += 1) {
+      const rows = Math.ceil(n / cols);
+      const tw = (w - gap * (cols - 1)) / cols;
+      const th = (h - gap * (rows - 1)) / rows;
+      // The largest tile of the preferred shape that fits, a little less for empty cells.
+      const empty = cols * rows - n;
+      const score = Math.min(tw, th * TILE_ASPECT) * (1 - (0.15 * empty) / n);
+      if (!best || score > best.score + 0.5) best = { cols, rows, score, tw };
+    }
+    if (best.tw < MIN_TILE_WIDTH) {
+      // Too many machines for one screen: keep tiles readable and let the page scroll.
+      grid.dataset.fit = "scroll";
+      grid.style.removeProperty("--rows");
+      grid.style.setProperty("--cols", String(Math.max(1, Math.floor((w + gap) / (MIN_TILE_WIDTH + gap)))));
+      return;
+    }
+    grid.dataset.fit = "screen";
+    grid.style.setProperty("--cols", String(best.cols));
+    grid.style.setProperty("--rows", String(best.rows));
+  }
+
+  // ---- data: full list and live stream ------------------------------------------------------
+
+  function withToken(path, name) {
+    return token ? `${path}?${name}=${encodeURIComponent(token)}` : path;
+  }
+
+  async function refetch() {
+    const startedAt = eventSeq;
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    try {
+      const headers = { Accept: "application/json" };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      const sentAt = Date.now();
+      const resp = await fetch("api/v1/machines", { headers, cache: "no-store", signal: controller.signal });
+      if (resp.status === 401 || resp.status === 403) {
+        authProblem = token
+          ? `The hub refused this page's token (HTTP ${resp.status}). Check the token in the address.`
+          : `The hub needs a token (HTTP ${resp.status}). Open this page as /wall?token=<read token>.`;
+        renderBanner(now());
+        return;
+      }
+      if (!resp.ok) return;
+      authProblem = "";
+      learnSkew(resp.headers.get("Date"), sentAt);
+      const body = await resp.json();
+      const listed = Array.isArray(body.machines) ? body.machines : [];
+      for (const view of listed) {
+        const entry = view && machines.get(view.id);
+        // A stream event that arrived while this request was in flight is newer: keep it.
+        if (entry && entry.seq > startedAt) continue;
+        apply(view, startedAt);
+      }
+      // The hub no longer knows a machine (removed from its configuration): drop its tile.
+      const ids = new Set(listed.map((view) => view && view.id));
+      for (const [id, entry] of machines) {
+        if (ids.has(id) || entry.seq > startedAt) continue;
+        machines.delete(id);
+        entry.tile.remove();
+        layout();
+      }
+      renderHeader();
+      renderBanner(now());
+    } catch (err) {
+      // The hub is unreachable. A stream can look open long after its network is gone
+      // (nothing tells the browser), so start a fresh one; it reports its own state.
+      if (source && source.readyState === EventSource.OPEN) {
+        setConn("lost");
+        connect();
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  function learnSkew(dateHeader, sentAt) {
+    const server = Date.parse(dateHeader || "");
+    if (!Number.isFinite(server)) return;
+    const local = (sentAt + Date.now()) / 2;
+    const skew = server + 500 - local; // the header is truncated to the second
+    skewMs = Math.abs(skew) > SKEW_THRESHOLD_MS ? skew : 0;
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    if (source) source.close();
+    const es = new EventSource(withToken("api/v1/events", "access_token"));
+    source = es;
+    connectedAt = Date.now();
+    es.addEventListener("open", () => {
+      if (es !== source) return;
+      retryMs = RETRY_MIN_MS;
+      setConn("live");
+      // Anything may have changed while we were away: take the full list again.
+      if (openedBefore) refetch();
+      openedBefore = true;
+    });
+    es.addEventListener("machine", (ev) => {
+      if (es !== source) return;
+      let view;
+      try {
+        view = JSON.parse(ev.data);
+      } catch (err) {
+        return;
+      }
+      eventSeq += 1;
+      apply(view, eventSeq);
+    });
+    es.addEventListener("error", () => {
+      if (es !== source) return;
+      setConn("lost");
+      // The browser retries by itself after a dropped stream (readyState CONNECTING), but
+      // gives up for good after an HTTP error (CLOSED): then we retry, with backoff.
+      if (es.readyState === EventSource.CLOSED) {
+        es.close();
+        retryTimer = setTimeout(connect, retryMs);
+        retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+      }
+    });
+  }
+
+  // ---- screen -------------------------------------------------------------------------------
+
+  let wakeLock = null;
+  async function keepAwake() {
+    if (!("wakeLock" in navigator) || document.visibilityState !== "visible" || wakeLock) return;
+    try {
+      wakeLock = await navigator.wakeLock.request("screen");
+      wakeLock.addEventListener("release", () => {
+        wakeLock = null;
+      });
+    } catch (err) {
+      wakeLock = null; // not allowed here (no HTTPS, battery saver…): the kiosk setup decides
+    }
+  }
+
+  function everySecond() {
+    const t = now();
+    renderClock(t);
+    for (const entry of machines.values()) tick(entry, t);
+    renderBanner(t);
+    if (source && source.readyState === EventSource.CONNECTING && Date.now() - connectedAt > STUCK_AFTER_MS) {
+      connect();
+    }
+  }
+
+  function start() {
+    renderHeader();
+    everySecond();
+    // Tick on the second boundary so every tile and the clock change together.
+    setTimeout(() => {
+      everySecond();
+      setInterval(everySecond, 1000);
+    }, 1000 - (Date.now() % 1000));
+    setInterval(refetch, REFETCH_EVERY_MS);
+    window.addEventListener("resize", layout);
+    PHONE.addEventListener("change", layout);
+    document.addEventListener("visibilitychange", keepAwake);
+    keepAwake();
+    refetch();
+    connect();
+  }
+
+  start();
+})();
