@@ -40,3 +40,23 @@ class ProtocolError(AgentError):
     def __init__(self, message: str, *, raw: bytes = b"") -> None:
         super().__init__(message)
         self.raw = raw[:200]
+
+
+class MqttError(AgentError):
+    """The MQTT connection failed: broker refused us, or it is unreachable when it must not be.
+
+    ``code`` is the broker's CONNACK reason code when there is one.
+    """
+
+    def __init__(self, message: str, *, broker: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.broker = broker
+        self.code = code
+
+
+class StoreError(AgentError):
+    """The agent's on-disk store (sequence counter, later the outbox) failed or is corrupt."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,297 @@
+"""The agent process: machines in, MQTT out.
+
+:class:`AgentApp` runs everything in one :class:`asyncio.TaskGroup` inside one
+:class:`~shopfloor.agent.mqtt.MqttConnection`: per machine a session task (device session
+into tracker into the record queue), a flush timer (telemetry batches and heartbeats that
+are due by time alone), the publisher, and the status task that publishes the retained
+``_status`` online message (and the machines' retained state and meta again) after every
+(re)connect. The MQTT will carries the same topic with ``online: false``. A clean stop
+publishes ``online: false`` itself, waits briefly for the broker to acknowledge, and
+disconnects.
+
+``shopfloor agent run --config FILE`` ends up in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from shopfloor.agent.clock import Clock, SystemClock
+from shopfloor.agent.config import AgentConfig, MachineConfig, load_config
+from shopfloor.agent.errors import AgentError, ConfigError, MqttError
+from shopfloor.agent.links import Link, open_link
+from shopfloor.agent.mqtt import MqttConnection, Will
+from shopfloor.agent.publisher import Publisher, RecordQueue
+from shopfloor.agent.readings import Record
+from shopfloor.agent.seqstore import SeqStore
+from shopfloor.agent.sessions.grbl import GrblSession
+from shopfloor.agent.tracker import MachineTracker
+from shopfloor.contract.envelope import AgentStatus, RecordKind, encode_status
+from shopfloor.contract.states import MachineState
+from shopfloor.contract.topics import AgentTopics
+from shopfloor.contract.version import agent_version
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S: Final = 0.5
+RESTART_DELAY_S: Final = 5.0
+SHUTDOWN_TIMEOUT_S: Final = 5.0
+
+
+class _MachineLog(logging.LoggerAdapter[logging.Logger]):
+    """Binds ``machine`` to every record (formatted as ``machine=<id>``)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class _StopRequestedError(Exception):
+    """Raised inside the task group to end it on a requested stop."""
+
+
+class AgentApp:
+    """One agent process. ``await AgentApp(config).run()`` until :meth:`stop` or cancel."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        *,
+        queue_size: int = 1000,
+        link_factory: Callable[[MachineConfig], Link] | None = None,
+        version: str | None = None,
+    ) -> None:
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.version = version or agent_version()
+        self.topics = AgentTopics(
+            site=config.agent.site, agent=config.agent.id, root=config.agent.topic_root
+        )
+        self.queue = RecordQueue(queue_size)
+        self.trackers: dict[str, MachineTracker] = {}
+        self._link_factory = link_factory or (lambda m: open_link(m.port, m.baudrate))
+        self._stop = asyncio.Event()
+        self.epoch = 0
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down cleanly (publish offline, disconnect)."""
+        self._stop.set()
+
+    def _status(self, *, online: bool) -> bytes:
+        return encode_status(
+            AgentStatus(
+                agent=self.config.agent.id,
+                online=online,
+                epoch=self.epoch,
+                ts=self.clock.wall_ms(),
+                version=self.version,
+            )
+        )
+
+    async def run(self) -> None:
+        cfg = self.config
+        store = await SeqStore.open(cfg.agent.data_dir)
+        self.epoch = store.epoch
+        log.info(
+            "agent %s (site %s, epoch %d, stream %s) starting with %d machine(s)",
+            cfg.agent.id,
+            cfg.agent.site,
+            store.epoch,
+            store.stream,
+            len(cfg.machines),
+        )
+        will = Will(
+            self.topics.status,
+            self._status(online=False),
+            qos=1,
+            retain=True,
+            delay_s=cfg.mqtt.will_delay_s,
+        )
+        async with store, MqttConnection(cfg.mqtt, will=will) as conn:
+            publisher = Publisher(conn, store, self.topics)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for machine in cfg.machines:
+                        tg.create_task(self._machine(machine), name=f"machine:{machine.id}")
+                    tg.create_task(self._flush_timer(), name="flush-timer")
+                    tg.create_task(publisher.run(self.queue), name="publisher")
+                    tg.create_task(self._announce(conn, publisher), name="status")
+                    tg.create_task(self._wait_stop(), name="stop")
+            except* _StopRequestedError:
+                pass
+            await self._shutdown(conn, publisher)
+
+    async def _wait_stop(self) -> None:
+        await self._stop.wait()
+        raise _StopRequestedError
+
+    async def _shutdown(self, conn: MqttConnection, publisher: Publisher) -> None:
+        """Publish what is queued and the offline status, if the broker is there to take it."""
+        if not conn.is_connected:
+            log.info("agent %s stopping while the broker is unreachable", self.config.agent.id)
+            return
+        with contextlib.suppress(TimeoutError, MqttError):
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                while (record := self.queue.get_nowait()) is not None:
+                    await publisher.publish_record(record)
+                await conn.publish(self.topics.status, self._status(online=False), retain=True)
+        await conn.drain(SHUTDOWN_TIMEOUT_S)
+        log.info("agent %s stopped; published offline status", self.config.agent.id)
+
+    async def _announce(self, conn: MqttConnection, publisher: Publisher) -> None:
+        """After every (re)connect: ``_status`` online, then retained state and meta again."""
+        generation = 0
+        while True:
+            generation = await conn.wait_connected(after=generation)
+            await conn.publish(self.topics.status, self._status(online=True), retain=True)
+            if generation > 1:
+                await publisher.republish_retained()
+
+    async def _flush_timer(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            wall, mono = self.clock.wall_ms(), self.clock.mono_ms()
+            for tracker in self.trackers.values():
+                for record in tracker.flush(wall, mono):
+                    await self.queue.put(record)
+
+    def _meta_body(self, machine: MachineConfig) -> dict[str, Any]:
+        return {"protocol": machine.protocol, "kind": machine.kind, "name": machine.name}
+
+    async def _machine(self, machine: MachineConfig) -> None:
+        mlog = _MachineLog(log, {"machine": machine.id})
+        tracker = MachineTracker(
+            machine.id,
+            telemetry_interval_ms=round(machine.telemetry_interval_s * 1000),
+            kind=machine.kind,
+        )
+        self.trackers[machine.id] = tracker
+        wall, mono = self.clock.wall_ms(), self.clock.mono_ms()
+        # What we know before the device says anything: what it is, and that it is not seen yet
+        # (a retained RUNNING from before a restart must not stand).
+        await self.queue.put(
+            Record(RecordKind.META, machine.id, wall, mono, self._meta_body(machine))
+        )
+        snapshot = tracker.snapshot()
+        snapshot.update(state=str(MachineState.OFFLINE), since=wall, detail="agent_started")
+        await self.queue.put(Record(RecordKind.STATE, machine.id, wall, mono, snapshot))
+        mlog.info("machine %s: serving %s on %s", machine.id, machine.protocol, machine.port)
+        while True:
+            try:
+                await self._serve(machine, tracker)
+            except AgentError as exc:
+                mlog.error(
+                    "machine %s: session stopped (%s); restarting in %.0f s",
+                    machine.id,
+                    exc,
+                    RESTART_DELAY_S,
+                )
+            await asyncio.sleep(RESTART_DELAY_S)
+
+    async def _serve(self, machine: MachineConfig, tracker: MachineTracker) -> None:
+        async with GrblSession(
+            machine.id,
+            lambda: self._link_factory(machine),
+            clock=self.clock,
+            poll_interval_s=machine.poll_interval_s,
+            silence_timeout_s=machine.silence_timeout_s,
+            laser_mode=machine.laser_mode,
+        ) as session:
+            async for item in session.readings():
+                for record in tracker.update(item):
+                    if record.kind is RecordKind.META:
+                        record = self._full_meta(machine, record)  # noqa: PLW2901
+                    await self.queue.put(record)
+
+    def _full_meta(self, machine: MachineConfig, record: Record) -> Record:
+        """The tracker's meta plus what the config says; stamped now if the tracker had no time.
+
+        (The tracker stamps device info with the last reading's time, which is 0 when the
+        banner arrives before any status report.)
+        """
+        ts, mono = record.ts_ms, record.mono_ms
+        if ts == 0:
+            ts, mono = self.clock.wall_ms(), self.clock.mono_ms()
+        body = {**self._meta_body(machine), **record.body}
+        return Record(RecordKind.META, record.machine, ts, mono, body)
+
+
+async def run_agent(config_path: str) -> None:
+    """Load the config and run the agent until SIGTERM or SIGINT, then stop cleanly."""
+    config = load_config(config_path)
+    app = AgentApp(config, SystemClock())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop)
+    try:
+        await app.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+class _Formatter(logging.Formatter):
+    """``time level logger message machine=<id>``: greppable, one line per event."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        machine = getattr(record, "machine", None)
+        return f"{line} machine={machine}" if machine else line
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # leave a host's (or pytest's) logging alone
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(level)
+    # gmqtt logs every failed retry at WARNING; MqttConnection logs once per outage.
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``shopfloor agent run --config FILE``: ``argv`` is what follows ``shopfloor agent run``."""
+    parser = argparse.ArgumentParser(
+        prog="shopfloor agent run",
+        description="Read the machines in a config file and publish them over MQTT.",
+    )
+    parser.add_argument("--config", required=True, help="the agent's TOML config file")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        asyncio.run(run_agent(args.config))
+    except ConfigError as exc:
+        print(f"shopfloor agent: {exc}", file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        print(f"shopfloor agent: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        errors, rest = group.split(AgentError)
+        if errors is None or rest is not None:
+            raise
+        for leaf in _leaves(errors):
+            print(f"shopfloor agent: {leaf}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
