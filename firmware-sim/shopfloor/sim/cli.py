@@ -1,0 +1,124 @@
+"""``shopfloor sim grbl ...``: run a simulated machine on a pseudo-terminal or TCP port."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from shopfloor.sim.errors import SimConfigError
+from shopfloor.sim.grbl import (
+    GrblMachine,
+    GrblSimConfig,
+    PtyRunner,
+    TcpRunner,
+    bundled_programs,
+    load_program,
+    parse_fault,
+)
+from shopfloor.sim.grbl.scenario import drivers_from_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopfloor sim",
+        description="Run a simulated machine controller for the agent to talk to.",
+    )
+    sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    grbl = sub.add_parser(
+        "grbl",
+        help="a GRBL 1.1h CNC router or laser",
+        description="Simulate a GRBL 1.1h controller on a pseudo-terminal (default) or TCP port.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "faults: --fault KIND@WHEN[+DURATION][!]\n"
+            "  KIND: hard-limit, soft-limit, alarm[:CODE], hold, resume, door, reset, vanish\n"
+            "  WHEN: seconds after start, or L<n> = after n answered lines\n"
+            "  DURATION: how long the hold/door/alarm/vanish lasts; '!' on vanish power-cycles\n"
+            "  example: --fault hold@10+5 --fault vanish@30+8\n"
+            "bundled programs: " + ", ".join(bundled_programs()) + "\n"
+            "the bundled programs take 20-60 s at --time-scale 4"
+        ),
+    )
+    where = grbl.add_mutually_exclusive_group()
+    where.add_argument("--pty", metavar="PATH", help="symlink to publish the pty at")
+    where.add_argument("--tcp", metavar="PORT", type=int, help="listen on 127.0.0.1:PORT")
+    grbl.add_argument("--laser", action="store_true", help="laser mode ($32=1)")
+    grbl.add_argument(
+        "--line-numbers", action="store_true", help="built with line numbers (Ln: in reports)"
+    )
+    grbl.add_argument("--homing", action="store_true", help="homing enabled: starts locked")
+    job = grbl.add_mutually_exclusive_group()
+    job.add_argument("--auto-run", metavar="PROGRAM", help="stream this program once")
+    job.add_argument(
+        "--demo-loop", action="store_true", help="cycle the bundled programs with incidents"
+    )
+    grbl.add_argument(
+        "--time-scale", type=float, default=1.0, metavar="X", help="run X times faster"
+    )
+    grbl.add_argument("--seed", type=int, default=None, help="seed for the demo loop")
+    grbl.add_argument(
+        "--fault", action="append", default=[], metavar="SPEC", help="inject a fault (repeatable)"
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> GrblSimConfig:
+    if args.time_scale <= 0:
+        raise SimConfigError("--time-scale must be positive")
+    if args.auto_run is not None:
+        load_program(args.auto_run)  # fail early with a clear message
+    return GrblSimConfig(
+        laser=args.laser,
+        line_numbers=args.line_numbers,
+        homing=args.homing,
+        time_scale=args.time_scale,
+        auto_run=args.auto_run,
+        demo_loop=args.demo_loop,
+        faults=tuple(parse_fault(spec) for spec in args.fault),
+        seed=args.seed,
+    )
+
+
+async def _serve(config: GrblSimConfig, pty: str | None, tcp: int | None) -> None:
+    # SIGTERM (systemd, docker stop, the demo) ends the simulator as cleanly as Ctrl-C.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
+    machine = GrblMachine(config)
+    drivers = drivers_from_config(config)
+    try:
+        if tcp is not None:
+            async with TcpRunner(machine, tcp, drivers=drivers) as server:
+                print(f"GRBL simulator on tcp://127.0.0.1:{server.port}", flush=True)
+                await server.serve_forever()
+            return
+        path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyGRBL"
+        async with PtyRunner(machine, path, drivers=drivers) as runner:
+            print(f"GRBL simulator on {path} -> {runner.device}", flush=True)
+            await runner.serve_forever()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point for ``shopfloor sim ...``; ``argv`` starts with the kind (``grbl``)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except SimConfigError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(_serve(config, args.pty, args.tcp))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
