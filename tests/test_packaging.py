@@ -14,7 +14,6 @@ FORBIDDEN_IN_AGENT = (
     "starlette",
     "uvicorn",
     "aiosqlite",
-    "sqlite3",
     "asyncpg",
     "psycopg",
     "psycopg2",

@@ -30,9 +30,9 @@ _COMMANDS: Final[dict[tuple[str, ...], tuple[str, str, str | None]]] = {
         "store what agents publish and serve the API and the wall page",
         "hub",
     ),
-    ("sim", "grbl"): (
+    ("sim",): (
         "shopfloor.sim.cli:main",
-        "simulate a GRBL CNC router or laser on a pseudo-terminal or TCP port",
+        "simulate a machine: 'sim grbl' is a GRBL CNC router or laser on a pty or TCP port",
         None,
     ),
 }
