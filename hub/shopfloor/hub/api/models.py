@@ -1,0 +1,83 @@
+"""Response models: they make the OpenAPI document typed and pin the JSON shapes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from shopfloor.contract import MachineState
+
+
+class AlarmModel(BaseModel):
+    code: int | None
+    text: str
+
+
+class MachineViewModel(BaseModel):
+    """One machine as the wall page and every other client see it."""
+
+    id: str = Field(description="machine id; 'agent:machine' if two agents use the same id")
+    agent: str
+    site: str
+    name: str
+    kind: str | None
+    protocol: str | None
+    state: MachineState
+    detail: str
+    since: int = Field(description="epoch ms since when the machine is in this state")
+    last_seen: int | None = Field(description="epoch ms of the last data (hub clock)")
+    program: str | None
+    job: None = None
+    alarm: AlarmModel | None
+    online: bool = Field(description="whether the machine's agent is online")
+
+
+class MachineList(BaseModel):
+    machines: list[MachineViewModel]
+
+
+class IntervalModel(BaseModel):
+    state: MachineState
+    detail: str
+    from_: int = Field(alias="from", description="epoch ms, inclusive")
+    to: int = Field(description="epoch ms, exclusive")
+    duration_ms: int
+
+
+class StatesResponse(BaseModel):
+    machine: str
+    from_: int = Field(alias="from")
+    to: int
+    intervals: list[IntervalModel]
+    coverage: float = Field(description="share of the elapsed window with data (not OFFLINE)")
+
+
+class MqttHealth(BaseModel):
+    enabled: bool
+    connected: bool
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="'ok', or 'degraded' when the store or MQTT is down")
+    store: bool
+    mqtt: MqttHealth
+    queue_depth: int
+    counters: dict[str, int]
+    rejected_by_reason: dict[str, int]
+    rejected_total: int
+    machines: int
+    stream_subscribers: int
+    stream_dropped: int
+
+
+class RejectedModel(BaseModel):
+    id: int
+    received_at: int
+    topic: str
+    reason: str
+    payload: str = Field(description="the payload as UTF-8 (invalid bytes replaced), truncated")
+    payload_bytes: int
+
+
+class RejectedList(BaseModel):
+    total: int = Field(description="every message ever rejected; only the newest are kept")
+    rejected: list[RejectedModel]

@@ -1,0 +1,525 @@
+"""MQTT ingest: the one owner of the hub's gmqtt client.
+
+Every message is parsed and checked against its topic, queued for the batch writer, and
+acknowledged (PUBACK) only after its batch is committed: gmqtt with
+``optimistic_acknowledgement=False`` sends the PUBACK when the async ``on_message``
+returns, with the reason code it returns. Bad messages are stored in ``rejected``,
+counted and acknowledged too, so they are not redelivered forever. After each commit the
+retained ``_ack`` watermark of every touched agent is published, at most once a second
+per agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+
+from shopfloor.contract import (
+    AckWatermark,
+    AgentTopics,
+    Channel,
+    ContractError,
+    decode_envelope,
+    decode_status,
+    encode_ack,
+    hub_status_topic,
+    parse_topic,
+)
+from shopfloor.contract.topics import subscription_filters
+from shopfloor.hub.config import HubConfig
+from shopfloor.hub.errors import StoreError
+from shopfloor.hub.store.base import (
+    BatchResult,
+    Incoming,
+    Rejection,
+    StatusUpdate,
+    Store,
+    WriteBatch,
+)
+from shopfloor.hub.trackers import Trackers
+
+log = logging.getLogger(__name__)
+
+PUBACK_OK: Final = 0
+#: Returned when the hub shuts down before the batch was committed. The connection is
+#: closed by then, so nothing is sent and the broker redelivers from the session.
+PUBACK_NOT_COMMITTED: Final = 0x80
+_MAX_BACKOFF_S: Final = 30.0
+_CONNECT_TIMEOUT_S: Final = 10.0
+_NO_ANSWER_HINT: Final = (
+    ' (no answer: if the broker speaks only MQTT 3.1.1, set [mqtt] protocol = "3.1.1")'
+)
+
+Item = Incoming | StatusUpdate | Rejection
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Client(gmqtt.Client):  # type: ignore[misc]
+    """gmqtt's client with its fire-and-forget reconnect tasks tracked, so that shutting
+    down stops them instead of leaving one that reconnects after we disconnected."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closing = False
+        self.failed_reconnects = 0  # reset by the owner on every successful connect
+        self.reconnect_tasks: set[asyncio.Task[Any]] = set()
+
+    async def reconnect(self, delay: bool = False) -> None:
+        if self.closing:
+            return
+        if delay:
+            # Exponential backoff with jitter instead of gmqtt's fixed delay, so that hubs
+            # and agents do not all come back in lockstep after a broker restart.
+            self.failed_reconnects += 1
+            base = min(_MAX_BACKOFF_S, 2.0 ** min(self.failed_reconnects, 6) / 2)
+            self.set_config({"reconnect_delay": base * (0.5 + random.random())})
+        task = asyncio.current_task()
+        if task is not None:
+            self.reconnect_tasks.add(task)
+            task.add_done_callback(self.reconnect_tasks.discard)
+        try:
+            await super().reconnect(delay=delay)
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            # Our own shutdown cancelled it: finish quietly (gmqtt's done-callback would
+            # otherwise log the cancellation as an error).
+
+    async def stop_reconnecting(self) -> None:
+        self.closing = True
+        tasks = [t for t in self.reconnect_tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: Item
+    done: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStats:
+    connected: bool
+    queue_depth: int
+    counters: dict[str, int]
+    rejected_by_reason: dict[str, int]
+
+
+class Ingest:
+    """Subscribes, validates, batches, commits, acknowledges and publishes watermarks."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        store: Store,
+        trackers: Trackers,
+        *,
+        clock: Callable[[], int] = wall_ms,
+        max_batch: int = 500,
+        max_delay_s: float = 0.05,
+        queue_size: int = 1000,
+        ack_interval_s: float = 1.0,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.trackers = trackers
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.ack_interval_s = ack_interval_s
+        self.root = config.hub.root
+        self.counters: Counter[str] = Counter()
+        self.rejected_by_reason: Counter[str] = Counter()
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_size)
+        self._closing = False
+        self._client: _Client | None = None
+        self._ack_dirty: dict[str, str] = {}  # agent -> site
+        self._ack_last: dict[str, float] = {}  # agent -> loop time of the last publish
+        self._ack_wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._subscribed = asyncio.Event()
+
+    # -- state for health ------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._connected.is_set() and self._client.is_connected
+
+    def stats(self) -> IngestStats:
+        return IngestStats(
+            connected=self.connected,
+            queue_depth=self._queue.qsize(),
+            counters=dict(self.counters),
+            rejected_by_reason=dict(self.rejected_by_reason),
+        )
+
+    async def wait_connected(self) -> None:
+        """Wait until connected and the broker acknowledged the subscriptions."""
+        await self._subscribed.wait()
+
+    # -- topics ------------------------------------------------------------------------------
+
+    def filters(self) -> list[str]:
+        every = subscription_filters(self.root)
+        sites = self.config.hub.sites
+        if sites is None:
+            return every
+        prefix = f"{self.root}/+/"
+        return [f"{self.root}/{site}/{f[len(prefix) :]}" for site in sites for f in every]
+
+    def _hub_status_topics(self) -> list[str]:
+        sites = self.config.hub.sites or (self.config.hub.site,)
+        home = hub_status_topic(self.config.hub.site, self.root)
+        return [home, *(hub_status_topic(s, self.root) for s in sites if s != self.config.hub.site)]
+
+    def _hub_status(self, online: bool) -> bytes:
+        body = {"v": 1, "online": online, "hub": self.config.mqtt.client_id, "ts": self.clock()}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect (retrying), ingest until ``stop`` is set, then shut down cleanly."""
+        client = self._make_client()
+        self._client = client
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(self._write_loop(), name="hub.ingest.writer")
+            acker = tg.create_task(self._ack_loop(), name="hub.ingest.ack")
+            connecting = tg.create_task(self._connect(client, stop), name="hub.ingest.connect")
+            await stop.wait()
+            connecting.cancel()
+            if self.connected:
+                for topic in self._hub_status_topics():
+                    client.publish(topic, self._hub_status(online=False), qos=1, retain=True)
+            self._connected.clear()
+            await client.stop_reconnecting()
+            if client._connection is not None:  # never connected: nothing to close
+                with contextlib.suppress(OSError, TimeoutError):
+                    async with asyncio.timeout(5):
+                        await client.disconnect()
+            # Commit what was already received (the PUBACKs can no longer be sent; the
+            # broker redelivers those and the store deduplicates), then stop the writer.
+            self._closing = True
+            await self._queue.put(None)
+            await writer
+            self._ack_wake.set()
+            await acker
+
+    def _make_client(self) -> _Client:
+        mqtt = self.config.mqtt
+        will = gmqtt.Message(
+            hub_status_topic(self.config.hub.site, self.root),
+            self._hub_status(online=False),
+            qos=1,
+            retain=True,
+        )
+        client = _Client(
+            mqtt.client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            will_message=will,
+            session_expiry_interval=mqtt.session_expiry_s,
+            receive_maximum=1000,
+            logger=logging.getLogger("shopfloor.hub.mqtt"),
+        )
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": 3})
+        if mqtt.username is not None:
+            client.set_auth_credentials(mqtt.username, mqtt.password)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        mqtt = self.config.mqtt
+        if not mqtt.tls:
+            return False
+        context = ssl.create_default_context(cafile=str(mqtt.ca_file) if mqtt.ca_file else None)
+        if mqtt.cert_file and mqtt.key_file:
+            context.load_cert_chain(str(mqtt.cert_file), str(mqtt.key_file))
+        return context
+
+    async def _connect(self, client: Any, stop: asyncio.Event) -> None:
+        mqtt = self.config.mqtt
+        delay = 1.0
+        failures = 0
+        while not stop.is_set():
+            version = MQTTv311 if mqtt.protocol == "3.1.1" else MQTTv50
+            try:
+                # gmqtt waits forever for a CONNACK that a broker which just closes the
+                # socket (amqtt given an MQTT 5 CONNECT) never sends: bound it.
+                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                    await client.connect(
+                        mqtt.host,
+                        mqtt.port,
+                        ssl=self._ssl(),
+                        keepalive=mqtt.keepalive_s,
+                        version=version,
+                    )
+            except (OSError, TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
+                failures += 1
+                if failures == 1:
+                    hint = _NO_ANSWER_HINT if isinstance(exc, TimeoutError) else ""
+                    log.warning(
+                        "cannot connect to the MQTT broker %s:%d (%s)%s; retrying",
+                        mqtt.host,
+                        mqtt.port,
+                        exc or type(exc).__name__,
+                        hint,
+                    )
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+            else:
+                if failures:
+                    log.info("connected to the MQTT broker after %d failed attempts", failures)
+                return
+
+    def _on_connect(self, client: Any, flags: int, rc: int, properties: Any) -> None:
+        del flags, properties
+        if rc != 0:
+            log.error("the MQTT broker refused the connection (code %s)", rc)
+            return
+        self.counters["connects"] += 1
+        client.failed_reconnects = 0
+        # Subscribe on every connect: cheap, and right even if the session expired. The
+        # retained state/meta/status it brings again are deduplicated by the store.
+        client.subscribe([gmqtt.Subscription(f, qos=1) for f in self.filters()])
+        for topic in self._hub_status_topics():
+            client.publish(topic, self._hub_status(online=True), qos=1, retain=True)
+        self._connected.set()
+        self._ack_wake.set()
+        log.info("connected to MQTT as %s", self.config.mqtt.client_id)
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        del client, mid, properties
+        if any(q >= 0x80 for q in qos):
+            log.error("the MQTT broker refused some subscriptions (codes %s); check its ACL", qos)
+        self._subscribed.set()
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        del client, packet, exc
+        if self._connected.is_set():
+            log.warning("lost the MQTT connection; reconnecting")
+        self._connected.clear()
+        self._subscribed.clear()
+
+    async def _on_message(
+        self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
+    ) -> int:
+        del client, qos
+        if self._closing:
+            return PUBACK_NOT_COMMITTED
+        self.counters["received"] += 1
+        if not payload:
+            self.counters["empty"] += 1  # a cleared retained message: nothing to store
+            return PUBACK_OK
+        retained = bool(properties.get("retain")) if isinstance(properties, dict) else False
+        pending = _Pending(self.classify(topic, bytes(payload), retained=retained))
+        await self._queue.put(pending)
+        return await pending.done
+
+    def classify(self, topic: str, payload: bytes, *, retained: bool = False) -> Item:
+        """Turn one MQTT message into what the store takes, or into a rejection."""
+        now = self.clock()
+
+        def reject(category: str, reason: str) -> Rejection:
+            self.rejected_by_reason[category] += 1
+            log.info("rejected a message on %s: %s", topic, reason)
+            return Rejection(received_at=now, topic=topic, payload=payload, reason=reason)
+
+        try:
+            ref = parse_topic(topic, self.root)
+        except ContractError as exc:
+            return reject("topic", exc.reason)
+        try:
+            if ref.channel is Channel.STATUS:
+                status = decode_status(payload)
+                if status.agent != ref.agent:
+                    return reject(
+                        "agent_mismatch",
+                        f"agent in payload {status.agent!r} does not match topic {ref.agent!r}",
+                    )
+                return StatusUpdate(
+                    status=status, site=ref.site, received_at=now, retained=retained
+                )
+            if ref.machine is None:
+                return reject("topic", f"topic {topic!r} is not one the hub ingests")
+            envelope = decode_envelope(payload)
+        except ContractError as exc:
+            return reject("payload", exc.reason)
+        if envelope.agent != ref.agent:
+            return reject(
+                "agent_mismatch",
+                f"agent in payload {envelope.agent!r} does not match topic {ref.agent!r}",
+            )
+        if envelope.machine != ref.machine:
+            return reject(
+                "machine_mismatch",
+                f"machine in payload {envelope.machine!r} does not match topic {ref.machine!r}",
+            )
+        if str(envelope.kind) != str(ref.channel):
+            return reject(
+                "kind_mismatch",
+                f"kind in payload {str(envelope.kind)!r} does not match topic channel "
+                f"{str(ref.channel)!r}",
+            )
+        return Incoming(envelope=envelope, site=ref.site, received_at=now, retained=retained)
+
+    # -- the batch writer ----------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        """Commit batches until the stop marker; then commit what is still queued."""
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while True:
+            if stopping:
+                await asyncio.sleep(0)  # let blocked on_message calls enqueue
+                if self._queue.empty():
+                    return
+                first = self._queue.get_nowait()
+            else:
+                first = await self._queue.get()
+            if first is None:
+                stopping = True
+                continue
+            batch = [first]
+            deadline = loop.time() + self.max_delay_s
+            # Group commit: take whatever is already queued, yielding once so messages
+            # that are on the socket get parsed, until the batch is full or nothing comes.
+            while len(batch) < self.max_batch and loop.time() < deadline:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    await asyncio.sleep(0)
+                    if self._queue.empty():
+                        break
+                    continue
+                if item is None:
+                    stopping = True
+                    continue
+                batch.append(item)
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        write = WriteBatch(
+            records=[p.item for p in batch if isinstance(p.item, Incoming)],
+            statuses=[p.item for p in batch if isinstance(p.item, StatusUpdate)],
+            rejections=[p.item for p in batch if isinstance(p.item, Rejection)],
+        )
+        result = await self._write_with_retry(write)
+        if result is None:
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_result(PUBACK_NOT_COMMITTED)
+            return
+        self.counters["batches"] += 1
+        self.counters["stored"] += len(result.new)
+        self.counters["duplicates"] += result.duplicates
+        self.counters["rejected"] += len(write.rejections)
+        self.counters["statuses"] += len(write.statuses)
+        rows = self.trackers.apply(result)
+        if rows:
+            try:
+                await self.store.add_states(rows)
+            except StoreError:
+                log.exception("could not store %d derived state change(s)", len(rows))
+        self.trackers.publish_pending()
+        self._note_acks(list(write.records))
+        for p in batch:
+            if not p.done.done():
+                p.done.set_result(PUBACK_OK)
+
+    async def _write_with_retry(self, write: WriteBatch) -> BatchResult | None:
+        delay = 0.5
+        failures = 0
+        while True:
+            try:
+                result = await self.store.write(write)
+            except StoreError as exc:
+                failures += 1
+                self.counters["store_errors"] += 1
+                if failures == 1:
+                    log.error(  # noqa: TRY400 - logged once per outage, the cause is in the text
+                        "storing a batch failed (%s); holding its PUBACKs and retrying", exc
+                    )
+                if self._closing:
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+            else:
+                if failures:
+                    log.info("storing works again after %d failed attempts", failures)
+                return result
+
+    # -- the _ack watermark publisher --------------------------------------------------------
+
+    def _note_acks(self, records: list[Incoming]) -> None:
+        # Duplicates too: an agent that replays committed records needs the watermark.
+        for inc in records:
+            self._ack_dirty[inc.envelope.agent] = inc.site
+        if self._ack_dirty:
+            self._ack_wake.set()
+
+    async def _ack_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            timeout: float | None = None
+            if self._ack_dirty and self.connected:
+                now = loop.time()
+                due = {
+                    a: self._ack_last.get(a, -1e9) + self.ack_interval_s for a in self._ack_dirty
+                }
+                for agent in [a for a, t in due.items() if t <= now]:
+                    await self._publish_ack(agent)
+                pending = [
+                    self._ack_last.get(a, -1e9) + self.ack_interval_s for a in self._ack_dirty
+                ]
+                # At least a short pause: a publish that failed is retried, not spun on.
+                timeout = max(0.1, min(pending) - loop.time()) if pending else None
+            if self._closing:
+                return
+            self._ack_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ack_wake.wait(), timeout)
+
+    async def _publish_ack(self, agent: str) -> None:
+        # Taken off the dirty list before reading: a commit during the read marks it again.
+        client = self._client
+        if client is None:
+            return
+        site = self._ack_dirty.pop(agent)
+        try:
+            streams = await self.store.watermarks(agent)
+            payload = encode_ack(AckWatermark(streams=streams, ts=self.clock()))
+            client.publish(
+                AgentTopics(site=site, agent=agent, root=self.root).ack, payload, qos=1, retain=True
+            )
+        except StoreError:
+            log.exception("cannot read the watermark of agent %s", agent)
+            self._ack_dirty.setdefault(agent, site)
+            return
+        except OverflowError:
+            self._ack_dirty.setdefault(agent, site)  # every packet id is in flight: retry
+            return
+        self._ack_last[agent] = asyncio.get_running_loop().time()
+        self.counters["acks_published"] += 1

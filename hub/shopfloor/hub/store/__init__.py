@@ -1,0 +1,35 @@
+"""The hub's event store: the interface and its SQLite implementation."""
+
+from shopfloor.hub.store.base import (
+    AgentRow,
+    BatchResult,
+    Incoming,
+    Interval,
+    MachineRow,
+    RejectedRow,
+    Rejection,
+    StateRow,
+    StateSource,
+    StatusUpdate,
+    Store,
+    WriteBatch,
+    machine_key,
+)
+from shopfloor.hub.store.sqlite import SqliteStore
+
+__all__ = [
+    "AgentRow",
+    "BatchResult",
+    "Incoming",
+    "Interval",
+    "MachineRow",
+    "RejectedRow",
+    "Rejection",
+    "SqliteStore",
+    "StateRow",
+    "StateSource",
+    "StatusUpdate",
+    "Store",
+    "WriteBatch",
+    "machine_key",
+]
