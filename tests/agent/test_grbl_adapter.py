@@ -22,7 +22,8 @@ from shopfloor.agent.protocols.grbl import (
     StatusReport,
 )
 from shopfloor.agent.readings import DeviceEvent, DeviceInfo, Reading
-from shopfloor.contract.states import Observation
+from shopfloor.agent.tracker import MachineTracker
+from shopfloor.contract.states import MachineState, Observation
 
 TS, MONO = 1_700_000_000_000, 5_000
 
@@ -121,11 +122,18 @@ def test_events() -> None:
         adapter.translate(e, ts_ms=TS, mono_ms=MONO)
         for e in (AlarmPush(1), ErrorReply(20), Message("Pgm End"), AlarmPush(99), ErrorReply(250))
     ]
+    alarm = Observation.REPORTS_ALARM
     assert items == [
-        [DeviceEvent(TS, MONO, "alarm_raised", 1, ALARM_TEXTS[1])],
+        [
+            DeviceEvent(TS, MONO, "alarm_raised", 1, ALARM_TEXTS[1]),
+            Reading(TS, MONO, alarm, detail="ALARM:1"),
+        ],
         [DeviceEvent(TS, MONO, "error_reply", 20, ERROR_TEXTS[20])],
         [DeviceEvent(TS, MONO, "message", None, "Pgm End")],
-        [DeviceEvent(TS, MONO, "alarm_raised", 99, "Alarm 99")],
+        [
+            DeviceEvent(TS, MONO, "alarm_raised", 99, "Alarm 99"),
+            Reading(TS, MONO, alarm, detail="ALARM:99"),
+        ],
         [DeviceEvent(TS, MONO, "error_reply", 250, "Error 250")],
     ]
     assert "Hard limit" in ALARM_TEXTS[1]
@@ -172,3 +180,16 @@ def test_build_info() -> None:
 def test_report_objects_can_be_used_directly() -> None:
     reading = GrblAdapter().reading(StatusReport("Hold", "0"), ts_ms=1, mono_ms=2)
     assert reading == Reading(1, 2, Observation.REPORTS_PAUSED, "Hold:0", {}, None)
+
+
+def test_silence_after_a_critical_alarm_push_is_alarm_not_offline() -> None:
+    """GRBL 1.1h answers nothing after ALARM:1 until reset (serial-protocols.md, observed)."""
+    adapter = GrblAdapter()
+    tracker = MachineTracker("m1")
+    items = translate(adapter, b"<Run|MPos:1.000,2.000,3.000|FS:500,0>\r\nALARM:1\r\n")
+    for item in items:
+        tracker.update(item)
+    assert tracker.state is MachineState.ALARM
+    assert tracker.alarm is not None
+    tracker.update(Reading(TS + 5000, MONO + 5000, Observation.SILENT))
+    assert tracker.state is MachineState.ALARM

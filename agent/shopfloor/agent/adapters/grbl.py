@@ -169,7 +169,13 @@ class GrblAdapter:
             reading = self.reading(event, ts_ms=ts_ms, mono_ms=mono_ms)
             return [] if reading is None else [reading]
         if isinstance(event, AlarmPush):
-            return [DeviceEvent(ts_ms, mono_ms, "alarm_raised", event.code, alarm_text(event.code))]
+            # An ALARM:N push means the controller is now in Alarm, and after a critical one
+            # (hard or soft limit) it answers nothing until reset: without this reading, the
+            # silence that follows would show the machine OFFLINE instead of in ALARM.
+            return [
+                DeviceEvent(ts_ms, mono_ms, "alarm_raised", event.code, alarm_text(event.code)),
+                Reading(ts_ms, mono_ms, Observation.REPORTS_ALARM, detail=f"ALARM:{event.code}"),
+            ]
         if isinstance(event, ErrorReply):
             return [DeviceEvent(ts_ms, mono_ms, "error_reply", event.code, error_text(event.code))]
         if isinstance(event, Message):
