@@ -1,0 +1,179 @@
+"""The whole path on real parts: simulated GRBL on a pseudo-terminal → agent process → the
+real Mosquitto → hub → HTTP API.
+
+The simulator runs in this process so the test can press feed hold and cycle start the way
+an operator would; the agent is a separate ``shopfloor agent run`` process so it can be
+killed with SIGKILL, and the hub runs in this process behind its real FastAPI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shopfloor.hub.api.app import create_app
+from shopfloor.hub.config import parse_config
+from shopfloor.hub.runtime import Hub, open_hub
+from shopfloor.sim.grbl import GrblMachine, GrblSimConfig, PtyRunner
+
+pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
+
+SITE = "e2e-shop"
+PROGRAM = (
+    ["G21 G90", "G0 X0 Y0", "M3 S12000"]
+    + [f"G1 X{10 + (i % 2) * 60} Y{i * 2} F1500" for i in range(30)]
+    + ["M5", "G0 X0 Y0", "M30"]
+)
+
+
+async def wait_until(
+    check: Callable[[], Any], what: str, *, timeout_s: float = 15.0, step_s: float = 0.1
+) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: Any = None
+    while loop.time() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+async def hub(tmp_path: Path, topic_root: str, mqtt_url: str) -> AsyncIterator[Hub]:
+    config = parse_config(
+        f'[hub]\nsite = "{SITE}"\nroot = "{topic_root}"\ndata_dir = "{tmp_path / "hub"}"\n'
+        "stale_after_s = 60\n"
+        f'[mqtt]\nurl = "{mqtt_url}"\nclient_id = "hub-{topic_root.split("/", maxsplit=1)[0]}"\n'
+        "session_expiry_s = 60\n",
+        source="hub.toml",
+    )
+    async with open_hub(config, stale_check_s=0.5) as running:
+        assert running.ingest is not None
+        await asyncio.wait_for(running.ingest.wait_connected(), 10)
+        yield running
+
+
+@pytest.fixture
+async def api(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(hub.config, hub=hub)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
+        yield client
+
+
+def start_agent(
+    tmp_path: Path, topic_root: str, mqtt_url: str, port: Path
+) -> subprocess.Popen[bytes]:
+    agent_dir = tmp_path / "agent"
+    agent_dir.mkdir(exist_ok=True)
+    toml = agent_dir / "agent.toml"
+    toml.write_text(
+        f'[agent]\nid = "pi-e2e"\nsite = "{SITE}"\ntopic_root = "{topic_root}"\ndata_dir = "."\n'
+        f'[mqtt]\nurl = "{mqtt_url}"\nwill_delay_s = 0\nsession_expiry_s = 0\n'
+        f'[[machines]]\nid = "router"\nname = "Router"\nkind = "cnc_router"\nprotocol = "grbl"\n'
+        f'port = "pty:{port}"\npoll_interval_s = 0.2\nsilence_timeout_s = 2.0\n'
+        "telemetry_interval_s = 1.0\n"
+    )
+    with (agent_dir / "agent.log").open("wb") as log:
+        return subprocess.Popen(  # the agent exactly as a shop runs it
+            [sys.executable, "-m", "shopfloor", "agent", "run", "--config", str(toml)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
+
+
+async def machine_view(api: httpx.AsyncClient) -> dict[str, Any] | None:
+    response = await api.get("/api/v1/machines/router")
+    return response.json() if response.status_code == 200 else None
+
+
+async def in_state(api: httpx.AsyncClient, state: str, detail: str | None = None) -> bool:
+    view = await machine_view(api)
+    if view is None or view["state"] != state:
+        return False
+    return detail is None or view["detail"] == detail
+
+
+async def test_idle_running_paused_running_idle_then_offline_when_agent_killed(
+    tmp_path: Path, topic_root: str, mqtt_url: str, hub: Hub, api: httpx.AsyncClient
+) -> None:
+    loop = asyncio.get_running_loop()
+    started_ms = time.time_ns() // 1_000_000
+    machine = GrblMachine(GrblSimConfig(time_scale=4.0))
+    port = tmp_path / "tty-router"
+    async with PtyRunner(machine, port):
+        agent = start_agent(tmp_path, topic_root, mqtt_url, port)
+        try:
+            await wait_until(lambda: in_state(api, "IDLE"), "the machine to show IDLE")
+            view = await machine_view(api)
+            assert view is not None
+            assert (view["agent"], view["site"], view["online"]) == ("pi-e2e", SITE, True)
+            assert view["protocol"] == "grbl"
+
+            machine.start_program("e2e", PROGRAM)
+            await wait_until(lambda: in_state(api, "RUNNING"), "RUNNING after the job starts")
+
+            machine.receive(b"!", loop.time())  # the operator presses feed hold
+            await wait_until(lambda: in_state(api, "PAUSED", "Hold:0"), "PAUSED, fully held")
+
+            machine.receive(b"~", loop.time())  # ... and cycle start
+            await wait_until(lambda: in_state(api, "RUNNING"), "RUNNING after resume")
+            await wait_until(
+                lambda: in_state(api, "IDLE"), "IDLE when the job is done", timeout_s=60
+            )
+
+            response = await api.get("/api/v1/machines/router/states", params={"from": started_ms})
+            assert response.status_code == 200
+            observed = [i["state"] for i in response.json()["intervals"]]
+            seen = [s for i, s in enumerate(observed) if i == 0 or observed[i - 1] != s]
+            assert seen[-5:] == ["IDLE", "RUNNING", "PAUSED", "RUNNING", "IDLE"], observed
+            truth = [change.state for change in machine.state_log]
+            assert "Hold:0" in truth
+            assert truth[-1] == "Idle"
+        finally:
+            os.killpg(agent.pid, signal.SIGKILL)  # no goodbye: only the MQTT will tells
+            agent.wait(timeout=10)
+
+        killed_at = loop.time()
+        await wait_until(
+            lambda: in_state(api, "OFFLINE"), "OFFLINE after the agent was killed", timeout_s=20
+        )
+        took = loop.time() - killed_at
+        view = await machine_view(api)
+        assert view is not None
+        assert view["online"] is False
+        assert took < 20
+
+
+async def test_device_silence_and_vanishing_port_show_offline_then_recover(
+    tmp_path: Path, topic_root: str, mqtt_url: str, hub: Hub, api: httpx.AsyncClient
+) -> None:
+    machine = GrblMachine(GrblSimConfig(time_scale=4.0))
+    port = tmp_path / "tty-router"
+    async with PtyRunner(machine, port) as runner:
+        agent = start_agent(tmp_path, topic_root, mqtt_url, port)
+        try:
+            await wait_until(lambda: in_state(api, "IDLE"), "IDLE at start")
+            runner.vanish(4.0)  # the USB cable is pulled for four seconds
+            await wait_until(lambda: in_state(api, "OFFLINE"), "OFFLINE while unplugged")
+            await wait_until(lambda: in_state(api, "IDLE"), "IDLE once it is back", timeout_s=25)
+            assert agent.poll() is None, "the agent must survive a vanishing port"
+        finally:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(timeout=15)
