@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 SYSTEM_BROKER_HOST = "127.0.0.1"
 SYSTEM_BROKER_PORT = 1883
@@ -42,6 +43,12 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return free_port()
 
 
 @pytest.fixture
@@ -114,6 +121,36 @@ def private_broker(tmp_path: Path) -> Iterator[Callable[..., PrivateBroker]]:
     yield make
     for broker in started:
         broker.stop()
+
+
+# --- a real browser ------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: How this machine's Chromium must run: as root, headless, and without reaching for the
+#: network it does not have (background networking, component updates, sync).
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium driven by Playwright (never Playwright's own browser download)."""
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - one stat before the browser starts
+        pytest.fail(f"{CHROMIUM} is missing: run ./scripts/setup, which installs Debian's chromium")
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
 
 
 # --- leak checks -------------------------------------------------------------------------

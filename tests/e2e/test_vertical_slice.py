@@ -9,6 +9,7 @@ killed with SIGKILL, and the hub runs in this process behind its real FastAPI ap
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from playwright.async_api import Browser, expect
 
 from shopfloor.hub.api.app import create_app
 from shopfloor.hub.config import parse_config
@@ -175,5 +178,56 @@ async def test_device_silence_and_vanishing_port_show_offline_then_recover(
             await wait_until(lambda: in_state(api, "IDLE"), "IDLE once it is back", timeout_s=25)
             assert agent.poll() is None, "the agent must survive a vanishing port"
         finally:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def serve_http(hub: Hub, port: int) -> AsyncIterator[str]:
+    """The hub's real app on a real port, as the TV's browser reaches it."""
+    app = create_app(hub.config, hub=hub)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve(), name="test.http")
+    try:
+        await wait_until(lambda: server.started, "the HTTP server to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.mark.browser
+async def test_wall_page_sees_the_state_change_arrive_live(
+    tmp_path: Path,
+    topic_root: str,
+    mqtt_url: str,
+    hub: Hub,
+    browser: Browser,
+    unused_port: int,
+) -> None:
+    machine = GrblMachine(GrblSimConfig(time_scale=4.0))
+    port = tmp_path / "tty-router"
+    async with PtyRunner(machine, port), serve_http(hub, unused_port) as base:
+        agent = start_agent(tmp_path, topic_root, mqtt_url, port)
+        context = await browser.new_context(viewport={"width": 1920, "height": 1080})
+        try:
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{base}/wall")
+            tile = page.locator('.tile[data-machine="router"]')
+            await expect(tile).to_have_attribute("data-state", "IDLE", timeout=20_000)
+            await expect(tile).to_contain_text("Router")
+            await page.evaluate("window.__noReload = 'same page'")
+
+            machine.start_program("e2e", PROGRAM)
+            await expect(tile).to_have_attribute("data-state", "RUNNING", timeout=15_000)
+            await expect(tile).to_contain_text("RUNNING")
+            assert await page.evaluate("window.__noReload") == "same page"
+            assert not errors, errors
+        finally:
+            await context.close()
             os.killpg(agent.pid, signal.SIGTERM)
             agent.wait(timeout=15)

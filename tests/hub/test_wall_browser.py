@@ -26,26 +26,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from shopfloor.hub.api import wall
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path("/tmp/wall.png")
 PHONE_SCREENSHOT = Path("/tmp/wall-phone.png")
 KEEPALIVE_S = 15.0
-
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 
 View = dict[str, Any]
 
@@ -330,16 +317,6 @@ def hub() -> Iterator[WallBackend]:
     stand_in.close()
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-
-
 @contextlib.asynccontextmanager
 async def open_wall(
     browser: Browser,
@@ -374,7 +351,6 @@ def tile(page: Page, machine_id: str) -> Any:
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_tiles_show_every_machine_in_name_order(browser: Browser, hub: WallBackend) -> None:
     async with open_wall(browser, hub) as wall:
         page = wall.page
@@ -411,7 +387,6 @@ async def test_tiles_show_every_machine_in_name_order(browser: Browser, hub: Wal
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_changes_arrive_live_without_reload(browser: Browser, hub: WallBackend) -> None:
     async with open_wall(browser, hub) as wall:
         page = wall.page
@@ -453,7 +428,6 @@ async def test_changes_arrive_live_without_reload(browser: Browser, hub: WallBac
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_lost_stream_shows_and_recovers_by_itself(browser: Browser, hub: WallBackend) -> None:
     async with open_wall(browser, hub) as wall:
         page = wall.page
@@ -478,7 +452,6 @@ async def test_lost_stream_shows_and_recovers_by_itself(browser: Browser, hub: W
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_retries_after_the_hub_answers_with_an_error(browser: Browser) -> None:
     """EventSource gives up for good on an HTTP error; the page must retry on its own."""
     hub = StandInHub(views={v["id"]: v for v in SHOP})
@@ -496,7 +469,6 @@ async def test_retries_after_the_hub_answers_with_an_error(browser: Browser) -> 
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_token_from_the_page_address_reaches_list_and_stream(browser: Browser) -> None:
     hub = StandInHub(views={v["id"]: v for v in SHOP}, token="s3cret/+&=")
     async with open_wall(browser, hub, query="?token=s3cret%2F%2B%26%3D") as wall:
@@ -512,7 +484,6 @@ async def test_token_from_the_page_address_reaches_list_and_stream(browser: Brow
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_missing_token_is_explained_on_screen(browser: Browser) -> None:
     hub = StandInHub(views={v["id"]: v for v in SHOP}, token="s3cret")
     async with open_wall(browser, hub) as wall:
@@ -522,7 +493,6 @@ async def test_missing_token_is_explained_on_screen(browser: Browser) -> None:
 
 
 @pytest.mark.browser
-@needs_chromium
 async def test_screenshots_tv_and_phone(browser: Browser) -> None:
     """A full shop on a 1080p TV fits the screen; on a phone the tiles stack."""
     extra = [
