@@ -245,7 +245,7 @@ async def test_silence_then_answers_again(
 ) -> None:
     path = tmp_path / "ttyGRBL"
     dev = plug(devices, path)
-    caplog.set_level(logging.INFO, logger="shopfloor.agent.sessions.grbl")
+    caplog.set_level(logging.INFO, logger="shopfloor.agent.sessions")
     async with (
         new_session(lambda: PtyLink(path)) as session,
         contextlib.aclosing(session.readings()) as items,
@@ -274,7 +274,7 @@ async def test_link_lost_then_recovers_at_same_path(
         links.append(PtyLink(path))
         return links[-1]
 
-    caplog.set_level(logging.INFO, logger="shopfloor.agent.sessions.grbl")
+    caplog.set_level(logging.INFO, logger="shopfloor.agent.sessions")
     async with (
         new_session(open_link) as session,
         contextlib.aclosing(session.readings()) as items,

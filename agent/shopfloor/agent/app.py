@@ -31,7 +31,8 @@ from shopfloor.agent.mqtt import MqttConnection, Will
 from shopfloor.agent.publisher import Publisher, RecordQueue
 from shopfloor.agent.readings import Record
 from shopfloor.agent.seqstore import SeqStore
-from shopfloor.agent.sessions.grbl import GrblSession
+from shopfloor.agent.sessions.base import SessionContext
+from shopfloor.agent.sessions.registry import protocol_entry
 from shopfloor.agent.tracker import MachineTracker
 from shopfloor.contract.envelope import AgentStatus, RecordKind, encode_status
 from shopfloor.contract.states import MachineState
@@ -197,14 +198,10 @@ class AgentApp:
             await asyncio.sleep(RESTART_DELAY_S)
 
     async def _serve(self, machine: MachineConfig, tracker: MachineTracker) -> None:
-        async with GrblSession(
-            machine.id,
-            lambda: self._link_factory(machine),
-            clock=self.clock,
-            poll_interval_s=machine.poll_interval_s,
-            silence_timeout_s=machine.silence_timeout_s,
-            laser_mode=machine.laser_mode,
-        ) as session:
+        context = SessionContext(
+            machine=machine, open_link=lambda: self._link_factory(machine), clock=self.clock
+        )
+        async with protocol_entry(machine.protocol).open_session(context) as session:
             async for item in session.readings():
                 for record in tracker.update(item):
                     if record.kind is RecordKind.META:

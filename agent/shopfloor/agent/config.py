@@ -20,17 +20,16 @@ from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from shopfloor.agent.errors import ConfigError
+from shopfloor.agent.sessions.registry import PROTOCOL_NAMES, protocol_entry
 from shopfloor.contract.errors import ContractError
 from shopfloor.contract.topics import DEFAULT_ROOT, validate_id, validate_root
 
-#: Protocols the agent can speak. Grows as adapters land (haas, modbus_kiln, marlin).
-PROTOCOLS: Final = frozenset({"grbl"})
+#: Protocols the agent can speak (see ``shopfloor.agent.sessions.registry``).
+PROTOCOLS: Final = PROTOCOL_NAMES
 #: What a machine is, for the wall page and the hub's defaults.
 MACHINE_KINDS: Final = frozenset(
     {"cnc_router", "cnc_mill", "cnc_lathe", "laser", "kiln", "printer_3d", "other"}
 )
-#: GRBL asks for status queries at no more than 5 Hz.
-MIN_POLL_INTERVAL_S: Final = {"grbl": 0.2}
 DEFAULT_DATA_DIR: Final = "/var/lib/shopfloor"
 DEFAULT_MQTT_PORT: Final = 1883
 DEFAULT_MQTTS_PORT: Final = 8883
@@ -87,6 +86,8 @@ class MachineConfig:
     silence_timeout_s: float = 5.0
     laser_mode: bool = False
     telemetry_interval_s: float = 5.0
+    #: The protocol's own settings from ``[machines.options]``, typed by its parser.
+    options: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ class AgentConfig:
 _T = TypeVar("_T")
 
 
-class _Table:
+class ConfigTable:
     """One TOML table being read: tracks the keys used so unknown ones can be reported."""
 
     def __init__(self, data: Mapping[str, Any], prefix: str, source: str, base: Path) -> None:
@@ -201,15 +202,15 @@ class _Table:
             raise self.error(name, f"file {str(path)!r} does not exist", "Fix the path.")
         return path
 
-    def table(self, name: str, *, required: bool) -> _Table:
+    def table(self, name: str, *, required: bool) -> ConfigTable:
         if name not in self.data:
             if required:
                 raise self.error(name, "table is missing", f"Add a [{name}] table.")
-            return _Table({}, self.key(name), self.source, self.base)
+            return ConfigTable({}, self.key(name), self.source, self.base)
         value = self.data[name]
         if not isinstance(value, dict):
             raise self.error(name, "must be a table", f"Write it as [{name}].")
-        return _Table(value, self.key(name), self.source, self.base)
+        return ConfigTable(value, self.key(name), self.source, self.base)
 
 
 def _example(kind: type[Any]) -> str:
@@ -247,10 +248,11 @@ _MACHINE_KEYS: Final = (
     "silence_timeout_s",
     "laser_mode",
     "telemetry_interval_s",
+    "options",
 )
 
 
-def _read_agent(t: _Table) -> AgentSettings:
+def _read_agent(t: ConfigTable) -> AgentSettings:
     t.check_keys(_AGENT_KEYS)
     root = t.get("topic_root", str, DEFAULT_ROOT, what="a topic root")
     try:
@@ -270,7 +272,7 @@ def _read_agent(t: _Table) -> AgentSettings:
     )
 
 
-def _read_mqtt(t: _Table, agent_id: str) -> MqttSettings:
+def _read_mqtt(t: ConfigTable, agent_id: str) -> MqttSettings:
     t.check_keys(_MQTT_KEYS)
     url = t.get("url", str, "mqtt://localhost:1883", what='a URL like "mqtt://host:1883"')
     parts = urlsplit(url)
@@ -337,7 +339,7 @@ def _read_mqtt(t: _Table, agent_id: str) -> MqttSettings:
     )
 
 
-def _check_port(t: _Table, port: str) -> str:
+def _check_port(t: ConfigTable, port: str) -> str:
     fix = 'Use a device path ("/dev/ttyUSB0"), "tcp://host:port" or "pty:/path".'
     if port.startswith("tcp://"):
         parts = urlsplit(port)
@@ -355,12 +357,13 @@ def _check_port(t: _Table, port: str) -> str:
     return port
 
 
-def _read_machine(t: _Table) -> MachineConfig:
+def _read_machine(t: ConfigTable) -> MachineConfig:
     t.check_keys(_MACHINE_KEYS)
     machine_id = t.ident("id", None, what="router-1")
     kind = t.choice("kind", "other", MACHINE_KINDS)
     protocol = t.choice("protocol", None, PROTOCOLS)
-    low_poll = MIN_POLL_INTERVAL_S.get(protocol, 0.05)
+    entry = protocol_entry(protocol)
+    low_poll = entry.min_poll_interval_s
     poll = t.number("poll_interval_s", max(0.25, low_poll), low=low_poll, high=60)
     silence = t.number("silence_timeout_s", max(5.0, 4 * poll), low=0.5, high=3600)
     if silence <= poll:
@@ -376,11 +379,12 @@ def _read_machine(t: _Table) -> MachineConfig:
         kind=kind,
         protocol=protocol,
         port=_check_port(t, t.get("port", str, None, what='"/dev/ttyUSB0"')),
-        baudrate=t.integer("baudrate", 115200, low=300, high=4_000_000),
+        baudrate=t.integer("baudrate", entry.default_baudrate, low=300, high=4_000_000),
         poll_interval_s=poll,
         silence_timeout_s=silence,
         laser_mode=t.get("laser_mode", bool, kind == "laser", what="true or false"),
         telemetry_interval_s=t.number("telemetry_interval_s", 5.0, low=0.1, high=3600),
+        options=entry.parse_options(t.table("options", required=False)),
     )
 
 
@@ -392,7 +396,7 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
         raise ConfigError(
             f"{source}: not valid TOML: {exc}. Fix the syntax at that line.", path=source
         ) from exc
-    root = _Table(data, "", source, base or Path.cwd())
+    root = ConfigTable(data, "", source, base or Path.cwd())
     root.check_keys(("agent", "mqtt", "machines"))
     agent = _read_agent(root.table("agent", required=True))
     mqtt = _read_mqtt(root.table("mqtt", required=False), agent.id)
@@ -404,7 +408,7 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
     seen_ids: dict[str, int] = {}
     seen_ports: dict[str, int] = {}
     for index, raw in enumerate(raw_machines):
-        table = _Table(raw, f"machines[{index}]", source, root.base)
+        table = ConfigTable(raw, f"machines[{index}]", source, root.base)
         machine = _read_machine(table)
         if machine.id in seen_ids:
             raise table.error(
@@ -412,7 +416,7 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
                 f"{machine.id!r} is already used by machines[{seen_ids[machine.id]}]",
                 "Give every machine its own id.",
             )
-        if machine.port in seen_ports:
+        if machine.port in seen_ports and not protocol_entry(machine.protocol).shared_port:
             raise table.error(
                 "port",
                 f"{machine.port!r} is already used by machines[{seen_ports[machine.port]}]",
@@ -485,6 +489,7 @@ __all__ = [
     "PROTOCOLS",
     "AgentConfig",
     "AgentSettings",
+    "ConfigTable",
     "MachineConfig",
     "MqttProtocol",
     "MqttSettings",

@@ -1,4 +1,4 @@
-"""The GRBL device session: polls ``?``, reads and parses, notices silence and lost links.
+"""The GRBL device session: polls ``?``, asks ``$I`` once, and parses what comes back.
 
 Usage::
 
@@ -7,121 +7,76 @@ Usage::
         async for item in session.readings():
             records = tracker.update(item)
 
-One connection is one :class:`asyncio.TaskGroup` holding a named reader task (reads the
-link, feeds :class:`~shopfloor.agent.protocols.grbl.GrblProtocol`, translates with
-:class:`~shopfloor.agent.adapters.grbl.GrblAdapter`) and a named poller task (``?`` every
-poll interval, ``$I`` once when the machine is Idle or in Alarm, and the silence watchdog).
-A supervisor task reopens the link with exponential backoff and jitter when it fails. The
-link is only ever reopened after it failed: never to poll (an Arduino resets on open).
-
-Items go through a bounded queue. When the consumer falls behind, the oldest telemetry
-reading is dropped (counted in :attr:`GrblSession.dropped`); device events, device info
-and SILENT/LINK_LOST readings are never dropped: they wait for room instead.
+The I/O (reader and poller tasks, silence, reconnect, the bounded queue) is the shared
+:class:`~shopfloor.agent.sessions.polling.PollingSession`; this module is the GRBL
+:class:`GrblDriver`: ``?`` every poll (GRBL asks for at most 5 Hz), ``$I`` once the
+machine is Idle or in Alarm (gnea Grbl answers system commands only then) and again after
+a reset, and every chunk fed to :class:`~shopfloor.agent.protocols.grbl.GrblProtocol` and
+translated by :class:`~shopfloor.agent.adapters.grbl.GrblAdapter`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
-from typing import Final, Self
+from collections.abc import Callable
+from typing import Final
 
-from shopfloor.agent.adapters.grbl import GrblAdapter, GrblItem
+from shopfloor.agent.adapters.grbl import GrblAdapter
 from shopfloor.agent.clock import Clock
-from shopfloor.agent.errors import AgentError, LinkError
 from shopfloor.agent.links.base import Link
 from shopfloor.agent.protocols.grbl import Banner, Garbage, GrblProtocol, StatusReport
-from shopfloor.agent.readings import Reading
-from shopfloor.contract.states import Observation
+from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
+from shopfloor.agent.sessions.polling import PollingSession, SessionError
 
-__all__ = ["GrblSession", "SessionError", "SessionItem"]
+__all__ = ["ENTRY", "GrblDriver", "GrblSession", "SessionError", "SessionItem"]
 
 _log = logging.getLogger(__name__)
 
-SessionItem = GrblItem
-
-_READ_SIZE: Final = 4096
 #: States in which gnea Grbl answers ``$I`` (system commands need Idle or Alarm).
 _INFO_STATES: Final = frozenset({"Idle", "Alarm"})
-_TELEMETRY: Final = frozenset(
-    {
-        Observation.REPORTS_IDLE,
-        Observation.REPORTS_RUNNING,
-        Observation.REPORTS_PAUSED,
-        Observation.REPORTS_SETUP,
-        Observation.REPORTS_ALARM,
-    }
-)
+_STATUS_QUERY: Final = GrblProtocol.status_query()
+_INFO_QUERY: Final = GrblProtocol.command("$I")
 
 
-class SessionError(AgentError):
-    """The session stopped because of a bug or an unexpected error (not a link failure)."""
+class GrblDriver:
+    """The sans-IO GRBL half of a polling session."""
+
+    name = "grbl"
+
+    def __init__(self, *, laser_mode: bool = False, max_line_bytes: int = 256) -> None:
+        self.adapter = GrblAdapter(laser_mode=laser_mode)
+        self._max_line_bytes = max_line_bytes
+        self._protocol = GrblProtocol(max_line_bytes)
+        self._last_state = ""
+        self._info_requested = False
+
+    def reset(self) -> None:
+        self._protocol = GrblProtocol(self._max_line_bytes)
+        self._last_state = ""
+        self._info_requested = False
+
+    def poll(self) -> bytes:
+        if not self._info_requested and self._last_state in _INFO_STATES:
+            self._info_requested = True
+            return _STATUS_QUERY + _INFO_QUERY
+        return _STATUS_QUERY
+
+    def feed(self, data: bytes, ts_ms: int, mono_ms: int) -> list[SessionItem]:
+        items: list[SessionItem] = []
+        for event in self._protocol.feed(data):
+            if isinstance(event, StatusReport):
+                self._last_state = event.state
+            elif isinstance(event, Banner):
+                self._info_requested = False  # a reset may mean new firmware
+            elif isinstance(event, Garbage):
+                _log.debug("grbl: %s: %r", event.reason, event.raw)
+            items.extend(self.adapter.translate(event, ts_ms=ts_ms, mono_ms=mono_ms))
+        return items
 
 
-def _droppable(item: SessionItem) -> bool:
-    return isinstance(item, Reading) and item.observation in _TELEMETRY
-
-
-class _ItemQueue:
-    """A bounded FIFO that drops the oldest telemetry reading instead of growing."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._items: collections.deque[SessionItem] = collections.deque()
-        self._maxsize = maxsize
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._closed = False
-        self._error: BaseException | None = None
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    async def put(self, item: SessionItem) -> None:
-        while len(self._items) >= self._maxsize:
-            if self._drop_oldest_telemetry():
-                break
-            if _droppable(item):
-                self.dropped += 1
-                return
-            self._writable.clear()
-            await self._writable.wait()
-        self._items.append(item)
-        self._readable.set()
-
-    def _drop_oldest_telemetry(self) -> bool:
-        for i, queued in enumerate(self._items):
-            if _droppable(queued):
-                del self._items[i]
-                self.dropped += 1
-                return True
-        return False
-
-    async def get(self) -> SessionItem | None:
-        """The next item; None once the queue is closed and empty."""
-        while not self._items:
-            if self._closed:
-                if self._error is not None:
-                    raise SessionError("the device session failed") from self._error
-                return None
-            self._readable.clear()
-            await self._readable.wait()
-        item = self._items.popleft()
-        self._writable.set()
-        return item
-
-    def close(self, error: BaseException | None = None) -> None:
-        self._closed = True
-        self._error = error
-        self._readable.set()
-
-
-class GrblSession:
-    """Owns one GRBL device's link: ``async with GrblSession(...) as s`` then
-    ``async for item in s.readings()``. See the module docstring."""
+class GrblSession(PollingSession):
+    """A :class:`PollingSession` with a :class:`GrblDriver`."""
 
     def __init__(
         self,
@@ -137,211 +92,35 @@ class GrblSession:
         max_line_bytes: int = 256,
         rng: random.Random | None = None,
     ) -> None:
-        if poll_interval_s <= 0 or silence_timeout_s <= 0 or queue_size <= 0:
-            raise ValueError("poll interval, silence timeout and queue size must be positive")
-        low, high = reconnect_backoff
-        if not 0 < low <= high:
-            raise ValueError("reconnect_backoff must be (min, max) with 0 < min <= max")
-        self.machine_id = machine_id
-        self._open_link = open_link
-        self._clock = clock
-        self._poll_interval = poll_interval_s
-        self._silence_timeout = silence_timeout_s
-        self._backoff = (low, high)
-        self._max_line_bytes = max_line_bytes
-        self._rng = rng or random.Random()
-        self._adapter = GrblAdapter(laser_mode=laser_mode)
-        self._queue = _ItemQueue(queue_size)
-        self._runner: asyncio.Task[None] | None = None
-        self._log_extra = {"machine": machine_id}
-        # Per-connection state, reset by _serve.
-        self._last_report = 0.0
-        self._last_state = ""
-        self._silent = False
-        self._info_requested = False
-        # Across connections.
-        self._link_down = False  # LINK_LOST was yielded and no report has come since
-        self._failing = False  # a failure was logged and no recovery yet
-        self._attempt = 0
-        #: How many times the link was (re)opened successfully.
-        self.connects = 0
-
-    @property
-    def dropped(self) -> int:
-        """Telemetry readings dropped because the consumer was too slow."""
-        return self._queue.dropped
+        self._grbl = GrblDriver(laser_mode=laser_mode, max_line_bytes=max_line_bytes)
+        super().__init__(
+            machine_id,
+            open_link,
+            self._grbl,
+            clock=clock,
+            poll_interval_s=poll_interval_s,
+            silence_timeout_s=silence_timeout_s,
+            reconnect_backoff=reconnect_backoff,
+            queue_size=queue_size,
+            rng=rng,
+        )
 
     @property
     def adapter(self) -> GrblAdapter:
-        return self._adapter
+        return self._grbl.adapter
 
-    # -- lifecycle
 
-    async def __aenter__(self) -> Self:
-        if self._runner is not None:
-            raise RuntimeError("a GrblSession can be entered only once")
-        self._runner = asyncio.create_task(self._run(), name=f"grbl-session:{self.machine_id}")
-        return self
+def _open_session(ctx: SessionContext) -> GrblSession:
+    machine = ctx.machine
+    return GrblSession(
+        machine.id,
+        ctx.open_link,
+        clock=ctx.clock,
+        poll_interval_s=machine.poll_interval_s,
+        silence_timeout_s=machine.silence_timeout_s,
+        laser_mode=machine.laser_mode,
+    )
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
-    async def aclose(self) -> None:
-        """Stop the tasks and close the link. Safe to call twice."""
-        runner = self._runner
-        if runner is None:
-            return
-        if not runner.done():
-            runner.cancel()
-            try:
-                await asyncio.wait({runner})
-            except asyncio.CancelledError:
-                # We are being cancelled too: still let the runner finish closing the link.
-                await asyncio.wait({runner})
-                raise
-        if not runner.cancelled():
-            # A crash was already handed to the consumer by readings(); mark it retrieved.
-            runner.exception()
-
-    async def readings(self) -> AsyncGenerator[SessionItem, None]:
-        """Readings, device events and device info, in order, until the session closes.
-
-        Raises :class:`SessionError` if the session stopped on an unexpected error.
-        """
-        if self._runner is None:
-            raise RuntimeError("use `async with GrblSession(...)` before reading")
-        while True:
-            item = await self._queue.get()
-            if item is None:
-                return
-            yield item
-
-    # -- supervisor
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._connect_once()
-                await asyncio.sleep(self._next_delay())
-        except asyncio.CancelledError:
-            self._queue.close()
-            raise
-        except BaseException as exc:
-            self._queue.close(exc)
-            raise
-
-    async def _connect_once(self) -> None:
-        try:
-            link = self._open_link()
-        except LinkError as exc:
-            await self._link_lost(exc)
-            return
-        try:
-            try:
-                await link.open()
-            except LinkError as exc:
-                await self._link_lost(exc)
-                return
-            self.connects += 1
-            try:
-                await self._serve(link)
-            except* LinkError as group:
-                await self._link_lost(group.exceptions[0])
-        finally:
-            try:
-                await link.close()
-            except LinkError as exc:
-                _log.debug("closing %s failed: %s", link.name, exc, extra=self._log_extra)
-
-    def _next_delay(self) -> float:
-        low, high = self._backoff
-        delay = min(high, low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return float(min(high, delay * self._rng.uniform(0.8, 1.2)))
-
-    async def _link_lost(self, exc: BaseException) -> None:
-        if not self._failing:
-            self._failing = True
-            _log.warning("machine %s: link failed: %s", self.machine_id, exc, extra=self._log_extra)
-        if not self._link_down:
-            self._link_down = True
-            await self._put_reading(Observation.LINK_LOST, str(exc))
-
-    async def _put_reading(self, observation: Observation, detail: str) -> None:
-        reading = Reading(
-            ts_ms=self._clock.wall_ms(),
-            mono_ms=self._clock.mono_ms(),
-            observation=observation,
-            detail=detail,
-        )
-        await self._queue.put(reading)
-
-    # -- one connection
-
-    async def _serve(self, link: Link) -> None:
-        loop = asyncio.get_running_loop()
-        protocol = GrblProtocol(self._max_line_bytes)
-        self._last_report = loop.time()
-        self._last_state = ""
-        self._silent = False
-        self._info_requested = False
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._reader(link, protocol), name=f"grbl-reader:{self.machine_id}")
-            tg.create_task(self._poller(link), name=f"grbl-poller:{self.machine_id}")
-
-    async def _reader(self, link: Link, protocol: GrblProtocol) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data = await link.read(_READ_SIZE)
-            ts_ms, mono_ms = self._clock.wall_ms(), self._clock.mono_ms()
-            for event in protocol.feed(data):
-                if isinstance(event, StatusReport):
-                    self._on_report(event, loop.time())
-                elif isinstance(event, Banner):
-                    self._info_requested = False  # a reset may mean new firmware
-                elif isinstance(event, Garbage):
-                    _log.debug(
-                        "machine %s: %s: %r",
-                        self.machine_id,
-                        event.reason,
-                        event.raw,
-                        extra=self._log_extra,
-                    )
-                for item in self._adapter.translate(event, ts_ms=ts_ms, mono_ms=mono_ms):
-                    await self._queue.put(item)
-
-    def _on_report(self, report: StatusReport, now: float) -> None:
-        self._last_report = now
-        self._last_state = report.state
-        self._silent = False
-        self._link_down = False
-        self._attempt = 0
-        if self._failing:
-            self._failing = False
-            _log.info("machine %s: answering again", self.machine_id, extra=self._log_extra)
-
-    async def _poller(self, link: Link) -> None:
-        loop = asyncio.get_running_loop()
-        query = GrblProtocol.status_query()
-        while True:
-            await link.write(query)
-            if not self._info_requested and self._last_state in _INFO_STATES:
-                self._info_requested = True
-                await link.write(GrblProtocol.command("$I"))
-            await asyncio.sleep(self._poll_interval)
-            if not self._silent and loop.time() - self._last_report >= self._silence_timeout:
-                self._silent = True
-                if not self._failing:
-                    self._failing = True
-                    _log.warning(
-                        "machine %s: no status report for %.1f s",
-                        self.machine_id,
-                        self._silence_timeout,
-                        extra=self._log_extra,
-                    )
-                await self._put_reading(Observation.SILENT, "no status report")
+#: GRBL 1.1 / grblHAL. GRBL asks for status queries at no more than 5 Hz.
+ENTRY: Final = ProtocolEntry(name="grbl", open_session=_open_session, min_poll_interval_s=0.2)
