@@ -36,6 +36,8 @@ def test_starts_offline() -> None:
         "line": None,
         "alarm": None,
         "program": None,
+        "phase": None,
+        "job": None,
     }
 
 
@@ -50,6 +52,8 @@ def test_state_record_on_change_only() -> None:
             "line": None,
             "alarm": None,
             "program": None,
+            "phase": None,
+            "job": None,
         }
     ]
     assert out[0].machine == "m1"
@@ -226,3 +230,52 @@ def test_meta_merges_and_only_emits_on_change() -> None:
 def test_rejects_nonsense_settings() -> None:
     with pytest.raises(ValueError, match="positive"):
         MachineTracker("m1", telemetry_interval_ms=0)
+
+
+def test_program_and_phase_changes_are_state_changes_and_are_kept() -> None:
+    tracker = MachineTracker("kiln")
+    first = Reading(WALL0, 0, Obs.REPORTS_RUNNING, "Run", program="Cone 6 glaze", phase="heating")
+    (state,) = bodies(tracker.update(first), RecordKind.STATE)
+    assert (state["program"], state["phase"]) == ("Cone 6 glaze", "heating")
+    # A reading that does not say keeps what was known, and is no change.
+    same = Reading(WALL0 + 100, 100, Obs.REPORTS_RUNNING, "Run")
+    assert bodies(tracker.update(same), RecordKind.STATE) == []
+    soak = Reading(WALL0 + 200, 200, Obs.REPORTS_RUNNING, "Run", phase="soaking")
+    (state,) = bodies(tracker.update(soak), RecordKind.STATE)
+    assert (state["program"], state["phase"], state["since"]) == ("Cone 6 glaze", "soaking", WALL0)
+
+
+def test_job_events_travel_as_events_and_show_in_the_snapshot() -> None:
+    tracker = MachineTracker("router")
+    tracker.update(reading(0, Obs.REPORTS_RUNNING, "Run"))
+    start = DeviceEvent(
+        WALL0 + 10,
+        10,
+        "job_started",
+        data={"job": "j1", "program": "sign.nc", "unit": "lines", "total": 200},
+    )
+    out = tracker.update(start)
+    assert kinds(out) == [RecordKind.EVENT, RecordKind.STATE]
+    event = bodies(out, RecordKind.EVENT)[0]
+    assert (event["event"], event["job"], event["total"]) == ("job_started", "j1", 200)
+    state = bodies(out, RecordKind.STATE)[0]
+    assert state["program"] == "sign.nc"
+    assert state["job"] == {
+        "job": "j1",
+        "program": "sign.nc",
+        "unit": "lines",
+        "total": 200,
+        "done": 0,
+        "started": WALL0 + 10,
+    }
+    progress = DeviceEvent(WALL0 + 20, 20, "job_progress", data={"job": "j1", "done": 50})
+    assert kinds(tracker.update(progress)) == [RecordKind.EVENT]
+    assert tracker.snapshot()["job"]["done"] == 50
+    # Progress for another job does not touch this one.
+    tracker.update(DeviceEvent(WALL0 + 25, 25, "job_progress", data={"job": "zz", "done": 9}))
+    assert tracker.snapshot()["job"]["done"] == 50
+    end = DeviceEvent(WALL0 + 30, 30, "job_ended", data={"job": "j1", "outcome": "completed"})
+    out = tracker.update(end)
+    assert kinds(out) == [RecordKind.EVENT, RecordKind.STATE]
+    assert bodies(out, RecordKind.STATE)[0]["job"] is None
+    assert tracker.snapshot()["program"] == "sign.nc"

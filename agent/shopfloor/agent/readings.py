@@ -22,6 +22,8 @@ class Reading:
     ``detail`` is the device's own word for its state (``Hold:0``, ``Door:1``) so nothing
     is lost in the mapping to a canonical state. ``values`` are numeric telemetry samples
     with stable names (``feed_mm_min``, ``spindle``, ``x``, ``feed_override_pct``...).
+    ``program`` and ``phase`` (a kiln's heating/soaking/cooling) are None when this reading
+    does not say; the tracker then keeps what it knew.
     """
 
     ts_ms: int
@@ -30,6 +32,8 @@ class Reading:
     detail: str = ""
     values: Mapping[str, float] = field(default_factory=dict)
     line: int | None = None
+    program: str | None = None
+    phase: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +51,11 @@ class DeviceEvent:
 
     ts_ms: int
     mono_ms: int
-    event: str  # alarm_raised, alarm_cleared, message, error_reply, device_reset
+    event: str  # alarm_raised, alarm_cleared, message, error_reply, device_reset, job_*, ...
     code: int | None = None
     text: str = ""
+    #: More fields for the event body (job id, program, done/total/unit, outcome, count).
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

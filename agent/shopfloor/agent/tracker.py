@@ -66,6 +66,9 @@ class MachineTracker:
         self.detail = ""
         self.line: int | None = None
         self.alarm: dict[str, Any] | None = None
+        self.program: str | None = None
+        self.phase: str | None = None
+        self.job: dict[str, Any] | None = None
         self.last_seen_ms: int | None = None
         self._samples: list[dict[str, Any]] = []
         self._batch_start_mono: int | None = None
@@ -83,7 +86,9 @@ class MachineTracker:
             "detail": self.detail,
             "line": self.line,
             "alarm": dict(self.alarm) if self.alarm is not None else None,
-            "program": None,
+            "program": self.program,
+            "phase": self.phase,
+            "job": dict(self.job) if self.job is not None else None,
         }
 
     def update(self, item: TrackerItem) -> list[Record]:
@@ -122,6 +127,12 @@ class MachineTracker:
         if is_report:
             self.last_seen_ms = ts
             self.line = reading.line
+            if reading.program is not None and reading.program != self.program:
+                self.program = reading.program
+                changed = True
+            if reading.phase is not None and reading.phase != self.phase:
+                self.phase = reading.phase
+                changed = True
         if changed:
             # Samples taken in the old state go out before the record that ends it.
             out.extend(self._emit_telemetry(ts, mono))
@@ -149,18 +160,44 @@ class MachineTracker:
         self._last_time = (event.ts_ms, event.mono_ms)
         if event.event == "alarm_raised":
             self.alarm = {"code": event.code, "text": event.text}
+        body: dict[str, Any] = {"event": event.event, "code": event.code, "text": event.text}
+        body.update(event.data)
         out.append(
             Record(
                 kind=RecordKind.EVENT,
                 machine=self.machine_id,
                 ts_ms=event.ts_ms,
                 mono_ms=event.mono_ms,
-                body={"event": event.event, "code": event.code, "text": event.text},
+                body=body,
             )
         )
-        if event.event == "alarm_raised" and self.state is MachineState.ALARM:
+        snapshot_changed = self._on_job_event(event)
+        if snapshot_changed or (event.event == "alarm_raised" and self.state is MachineState.ALARM):
             out.append(self._state_record(event.ts_ms, event.mono_ms))
         return out
+
+    def _on_job_event(self, event: DeviceEvent) -> bool:
+        """Keep the current job (shown in the state snapshot); True if the snapshot changed.
+
+        Progress events update the job silently: they travel as events, and the snapshot
+        picks the latest figures up with the next state record.
+        """
+        data = event.data
+        if event.event == "job_started":
+            self.job = {k: data.get(k) for k in ("job", "program", "unit", "total")}
+            self.job.update(done=0, started=event.ts_ms)
+            if data.get("program"):
+                self.program = str(data["program"])
+            return True
+        if self.job is None or data.get("job") != self.job.get("job"):
+            return False
+        if event.event == "job_progress":
+            self.job.update({k: data[k] for k in ("done", "total") if k in data})
+            return False
+        if event.event == "job_ended":
+            self.job = None
+            return True
+        return False
 
     def _on_info(self, info: DeviceInfo) -> list[Record]:
         meta: dict[str, Any] = dict(self._meta) if self._meta else {}
