@@ -14,6 +14,9 @@ from shopfloor.agent.sessions.base import ProtocolEntry
 
 _MODULES: Final = {
     "grbl": "shopfloor.agent.sessions.grbl",
+    "haas": "shopfloor.agent.sessions.haas",
+    "marlin": "shopfloor.agent.sessions.marlin",
+    "modbus_kiln": "shopfloor.agent.sessions.kiln",
 }
 
 #: The names accepted by ``protocol = "..."`` in a machine's config.
