@@ -25,9 +25,9 @@ _COMMANDS: Final[dict[tuple[str, ...], tuple[str, str, str | None]]] = {
         "read the machines in a config file and publish them over MQTT",
         None,
     ),
-    ("hub", "run"): (
+    ("hub",): (
         "shopfloor.hub.service:main",
-        "store what agents publish and serve the API and the wall page",
+        "'hub run --config FILE': store what agents publish, serve the API and the wall page",
         "hub",
     ),
     ("sim",): (

@@ -31,6 +31,11 @@ _REPORTS: Final = frozenset(
 )
 
 
+#: A state snapshot goes out at least this often, even when nothing changes, so the hub can
+#: tell a quiet machine (say, silent in ALARM) from a dead agent: keep it well under the
+#: hub's ``stale_after_s`` (default 60 s).
+HEARTBEAT_MS: Final = 15_000
+
 class MachineTracker:
     """Turns one machine's readings, events and device info into :class:`Record` objects.
 
@@ -51,7 +56,7 @@ class MachineTracker:
         *,
         telemetry_interval_ms: int = 1000,
         max_samples_per_batch: int = 50,
-        heartbeat_ms: int = 60000,
+        heartbeat_ms: int = HEARTBEAT_MS,
         kind: str = "cnc",
     ) -> None:
         if telemetry_interval_ms <= 0 or max_samples_per_batch <= 0 or heartbeat_ms <= 0:

@@ -171,7 +171,7 @@ def write_configs(folder: Path, broker: Broker, api_port: int) -> tuple[Path, li
     (folder / "hub").mkdir(parents=True, exist_ok=True)
     hub_toml = folder / "hub" / "hub.toml"
     hub_toml.write_text(
-        f'[hub]\nsite = "{SITE}"\ndata_dir = "."\nstale_after_s = 15\n\n'
+        f'[hub]\nsite = "{SITE}"\ndata_dir = "."\nstale_after_s = 60\n\n'
         f'[mqtt]\nurl = "{broker.url}"\nprotocol = "{broker.protocol}"\n\n'
         f'[api]\nhost = "127.0.0.1"\nport = {api_port}\n'
     )
