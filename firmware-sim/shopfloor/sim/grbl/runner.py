@@ -6,6 +6,10 @@ bytes the host writes, and writes back what the machine says. All are async cont
 with one named background task; leaving the ``async with`` (or cancelling :meth:`run`)
 closes every file descriptor and socket they opened.
 
+The runners are not GRBL-specific: they serve any :class:`SimMachine` (``receive``,
+``advance``, ``take_output``, ``power_off``, ``power_on``) ticked by any :class:`TickDriver`;
+``name`` labels their tasks and logs. The Haas simulator uses them too.
+
 ``vanish(seconds, reboot=False)`` makes the port disappear as if the USB cable were pulled:
 the pty (and its symlink) or the TCP listener goes away and comes back after ``seconds``.
 The machine keeps running meanwhile unless ``reboot`` (then it is off while gone and prints
@@ -22,16 +26,53 @@ import tty
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Final, Generic, Protocol, Self, TypeVar
 
 from shopfloor.sim.errors import SimError
 from shopfloor.sim.grbl.config import GrblSimConfig
 from shopfloor.sim.grbl.machine import GrblMachine
-from shopfloor.sim.grbl.scenario import Driver, Fault, FaultKind, drivers_from_config
+from shopfloor.sim.grbl.scenario import FaultKind, drivers_from_config
 
 log = logging.getLogger(__name__)
 
 TX_CAP: Final = 64 * 1024
+
+
+class SimMachine(Protocol):
+    """What a runner needs from a sans-IO simulated device (times are caller seconds)."""
+
+    def receive(self, data: bytes, now: float) -> None: ...
+
+    def advance(self, now: float) -> None: ...
+
+    def take_output(self) -> bytes: ...
+
+    def power_off(self, now: float) -> None: ...
+
+    def power_on(self, now: float) -> None: ...
+
+
+class RunnerFault(Protocol):
+    """A fault a driver hands back to the runner; only ``kind == "vanish"`` is acted on."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def duration(self) -> float: ...
+
+    @property
+    def reboot(self) -> bool: ...
+
+
+M = TypeVar("M", bound=SimMachine)
+M_contra = TypeVar("M_contra", bound=SimMachine, contravariant=True)
+
+
+class TickDriver(Protocol[M_contra]):
+    """Acts on the machine as time passes (a fault script, a job loop)."""
+
+    def tick(self, machine: M_contra, now: float) -> Sequence[RunnerFault]: ...
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:
@@ -42,15 +83,18 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
     task.cancel()
     await asyncio.wait([task])
     if not task.cancelled() and task.exception() is not None:
-        log.error("grbl sim: the tick task crashed", exc_info=task.exception())
+        log.error("sim: the tick task crashed", exc_info=task.exception())
 
 
-class _Ticker:
+class _Ticker(Generic[M]):
     """The part every runner shares: time, drivers, vanish bookkeeping."""
 
-    def __init__(self, machine: GrblMachine, drivers: Sequence[Driver], tick_s: float) -> None:
+    def __init__(
+        self, machine: M, drivers: Sequence[TickDriver[M]], tick_s: float, name: str = "grbl"
+    ) -> None:
         if tick_s <= 0:
             raise SimError("tick_s must be positive")
+        self.name = name
         self.machine = machine
         self.drivers = list(drivers)
         self.tick_s = tick_s
@@ -61,13 +105,13 @@ class _Ticker:
     def now() -> float:
         return asyncio.get_running_loop().time()
 
-    def tick(self) -> list[Fault]:
+    def tick(self) -> list[RunnerFault]:
         now = self.now()
-        faults: list[Fault] = []
+        faults: list[RunnerFault] = []
         for driver in self.drivers:
             faults.extend(driver.tick(self.machine, now))
         self.machine.advance(now)
-        return [f for f in faults if f.kind is FaultKind.VANISH]
+        return [f for f in faults if f.kind == FaultKind.VANISH]
 
     def start_vanish(self, seconds: float, reboot: bool) -> None:
         now = self.now()
@@ -75,7 +119,7 @@ class _Ticker:
         self.reboot_on_return = reboot
         if reboot:
             self.machine.power_off(now)
-        log.info("grbl sim: port vanishes for %.1f s (reboot=%s)", seconds, reboot)
+        log.info("%s sim: port vanishes for %.1f s (reboot=%s)", self.name, seconds, reboot)
 
     def due_back(self) -> bool:
         return self.gone_until is not None and self.now() >= self.gone_until
@@ -85,10 +129,10 @@ class _Ticker:
         if self.reboot_on_return:
             self.reboot_on_return = False
             self.machine.power_on(self.now())
-        log.info("grbl sim: port is back")
+        log.info("%s sim: port is back", self.name)
 
 
-class PtyRunner:
+class PtyRunner(Generic[M]):
     """Serve the machine on a pseudo-terminal published at a stable symlink ``path``.
 
     ``async with PtyRunner(machine, "/tmp/ttyGRBL") as runner: ...`` - open ``path`` like a
@@ -97,15 +141,16 @@ class PtyRunner:
 
     def __init__(
         self,
-        machine: GrblMachine,
+        machine: M,
         path: str | os.PathLike[str],
         *,
-        drivers: Sequence[Driver] = (),
+        drivers: Sequence[TickDriver[M]] = (),
         tick_s: float = 0.01,
+        name: str = "grbl",
     ) -> None:
         self.path = Path(path)
         self.machine = machine
-        self._ticker = _Ticker(machine, drivers, tick_s)
+        self._ticker = _Ticker(machine, drivers, tick_s, name)
         self._master: int | None = None
         self._slave: int | None = None
         self._device: str | None = None
@@ -126,7 +171,9 @@ class PtyRunner:
 
     async def __aenter__(self) -> Self:
         self._open()
-        self._task = asyncio.create_task(self._tick_loop(), name=f"grbl-sim-pty:{self.path}")
+        self._task = asyncio.create_task(
+            self._tick_loop(), name=f"{self._ticker.name}-sim-pty:{self.path}"
+        )
         return self
 
     async def __aexit__(
@@ -246,7 +293,7 @@ class PtyRunner:
             self._flush()
 
 
-class TcpRunner:
+class TcpRunner(Generic[M]):
     """Serve the machine on ``host:port`` (one client at a time; later ones are refused).
 
     ``port=0`` picks a free port; read it from :attr:`port` inside the ``async with``.
@@ -254,17 +301,18 @@ class TcpRunner:
 
     def __init__(
         self,
-        machine: GrblMachine,
+        machine: M,
         port: int = 0,
         *,
         host: str = "127.0.0.1",
-        drivers: Sequence[Driver] = (),
+        drivers: Sequence[TickDriver[M]] = (),
         tick_s: float = 0.01,
+        name: str = "grbl",
     ) -> None:
         self.machine = machine
         self.host = host
         self.port = port
-        self._ticker = _Ticker(machine, drivers, tick_s)
+        self._ticker = _Ticker(machine, drivers, tick_s, name)
         self._server: asyncio.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._client_task: asyncio.Task[None] | None = None
@@ -274,7 +322,9 @@ class TcpRunner:
     async def __aenter__(self) -> Self:
         await self._listen()
         self._flush()  # nobody is connected yet: the power-up banner goes nowhere
-        self._task = asyncio.create_task(self._tick_loop(), name=f"grbl-sim-tcp:{self.port}")
+        self._task = asyncio.create_task(
+            self._tick_loop(), name=f"{self._ticker.name}-sim-tcp:{self.port}"
+        )
         return self
 
     async def __aexit__(
@@ -378,7 +428,7 @@ class TcpRunner:
             self._flush()
 
 
-class MemoryRunner:
+class MemoryRunner(Generic[M]):
     """An in-memory pair for tests: :meth:`write` is the host sending, :meth:`read` receiving.
 
     Output chunks queue up to ``max_chunks``; beyond that they are dropped and counted.
@@ -386,14 +436,15 @@ class MemoryRunner:
 
     def __init__(
         self,
-        machine: GrblMachine,
+        machine: M,
         *,
-        drivers: Sequence[Driver] = (),
+        drivers: Sequence[TickDriver[M]] = (),
         tick_s: float = 0.01,
         max_chunks: int = 1024,
+        name: str = "grbl",
     ) -> None:
         self.machine = machine
-        self._ticker = _Ticker(machine, drivers, tick_s)
+        self._ticker = _Ticker(machine, drivers, tick_s, name)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=max_chunks)
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
@@ -403,7 +454,7 @@ class MemoryRunner:
         return self._ticker.gone_until is None
 
     async def __aenter__(self) -> Self:
-        self._task = asyncio.create_task(self._tick_loop(), name="grbl-sim-memory")
+        self._task = asyncio.create_task(self._tick_loop(), name=f"{self._ticker.name}-sim-memory")
         return self
 
     async def __aexit__(
