@@ -25,6 +25,16 @@ _COMMANDS: Final[dict[tuple[str, ...], tuple[str, str, str | None]]] = {
         "read the machines in a config file and publish them over MQTT",
         None,
     ),
+    ("agent", "ports"): (
+        "shopfloor.agent.probe.cli:ports_main",
+        "list serial ports with their stable /dev/serial/by-id names",
+        None,
+    ),
+    ("agent", "probe"): (
+        "shopfloor.agent.probe.cli:probe_main",
+        "identify what is on a serial port (GRBL, Marlin, Haas, Modbus) and print a config",
+        None,
+    ),
     ("hub",): (
         "shopfloor.hub.service:main",
         "'hub run --config FILE': store what agents publish, serve the API and the wall page",

@@ -7,6 +7,10 @@ Usage::
         async for item in session.readings():
             records = tracker.update(item)
 
+With ``proxy_pty`` or ``proxy_tcp`` in ``[machines.options]`` the machine is served in
+proxy mode instead (:class:`~shopfloor.agent.proxy.session.GrblProxySession`): the agent
+sits between the operator's sender and the controller.
+
 The I/O (reader and poller tasks, silence, reconnect, the bounded queue) is the shared
 :class:`~shopfloor.agent.sessions.polling.PollingSession`; this module is the GRBL
 :class:`GrblDriver`: ``?`` every poll (GRBL asks for at most 5 Hz), ``$I`` once the
@@ -26,6 +30,8 @@ from shopfloor.agent.adapters.grbl import GrblAdapter
 from shopfloor.agent.clock import Clock
 from shopfloor.agent.links.base import Link
 from shopfloor.agent.protocols.grbl import Banner, Garbage, GrblProtocol, StatusReport
+from shopfloor.agent.proxy.options import GrblOptions, parse_grbl_options
+from shopfloor.agent.proxy.session import GrblProxySession
 from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
 from shopfloor.agent.sessions.polling import PollingSession, SessionError
 
@@ -110,8 +116,19 @@ class GrblSession(PollingSession):
         return self._grbl.adapter
 
 
-def _open_session(ctx: SessionContext) -> GrblSession:
+def _open_session(ctx: SessionContext) -> GrblSession | GrblProxySession:
     machine = ctx.machine
+    options = machine.options
+    if isinstance(options, GrblOptions) and options.proxy is not None:
+        return GrblProxySession(
+            machine.id,
+            ctx.open_link,
+            clock=ctx.clock,
+            options=options.proxy,
+            poll_interval_s=machine.poll_interval_s,
+            silence_timeout_s=machine.silence_timeout_s,
+            laser_mode=machine.laser_mode,
+        )
     return GrblSession(
         machine.id,
         ctx.open_link,
@@ -123,4 +140,11 @@ def _open_session(ctx: SessionContext) -> GrblSession:
 
 
 #: GRBL 1.1 / grblHAL. GRBL asks for status queries at no more than 5 Hz.
-ENTRY: Final = ProtocolEntry(name="grbl", open_session=_open_session, min_poll_interval_s=0.2)
+#: ``[machines.options]``: ``proxy_pty``/``proxy_tcp`` switch on proxy mode
+#: (:mod:`shopfloor.agent.proxy.options`).
+ENTRY: Final = ProtocolEntry(
+    name="grbl",
+    open_session=_open_session,
+    parse_options=parse_grbl_options,
+    min_poll_interval_s=0.2,
+)
