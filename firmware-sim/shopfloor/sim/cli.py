@@ -1,13 +1,19 @@
-"""``shopfloor sim grbl ...``: run a simulated machine on a pseudo-terminal or TCP port."""
+"""``shopfloor sim KIND ...``: run a simulated machine on a pseudo-terminal or TCP port.
+
+``grbl`` lives here; ``haas``, ``kiln`` and ``marlin`` have their own command-line modules,
+imported only when asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Final
 
 from shopfloor.sim.errors import SimConfigError
 from shopfloor.sim.grbl import (
@@ -21,6 +27,13 @@ from shopfloor.sim.grbl import (
 )
 from shopfloor.sim.grbl.scenario import drivers_from_config
 
+#: Simulators with a command line of their own: kind -> (module, one-line help).
+_OTHER_KINDS: Final = {
+    "haas": ("shopfloor.sim.haas.cli", "a Haas NGC mill answering Q commands"),
+    "kiln": ("shopfloor.sim.kiln.cli", "a kiln on a Modbus RTU PID controller (CN7500 map)"),
+    "marlin": ("shopfloor.sim.marlin.cli", "a Marlin 2.x 3D printer printing from SD"),
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a simulated machine controller for the agent to talk to.",
     )
     sub = parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, (_, text) in _OTHER_KINDS.items():
+        sub.add_parser(kind, help=text, add_help=False)
     grbl = sub.add_parser(
         "grbl",
         help="a GRBL 1.1h CNC router or laser",
@@ -107,6 +122,10 @@ async def _serve(config: GrblSimConfig, pty: str | None, tcp: int | None) -> Non
 
 def main(argv: list[str]) -> int:
     """Entry point for ``shopfloor sim ...``; ``argv`` starts with the kind (``grbl``)."""
+    if argv[:1] and argv[0] in _OTHER_KINDS:
+        module = importlib.import_module(_OTHER_KINDS[argv[0]][0])
+        result: int = module.main(argv[1:])
+        return result
     parser = _parser()
     args = parser.parse_args(argv)
     try:
