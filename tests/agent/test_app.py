@@ -75,7 +75,7 @@ def agent_config(tmp_path: Path, url: str, root: str, port: str) -> Any:
     )
     text = text.replace("telemetry_interval_s = 5.0", "telemetry_interval_s = 0.5")
     text = text.replace(
-        "keepalive = 30", "keepalive = 30\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5"
+        "keepalive_s = 30", "keepalive_s = 30\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5"
     )
     return parse_config(text, source="test.toml", base=tmp_path)
 

@@ -3,11 +3,14 @@
 :class:`AgentApp` runs everything in one :class:`asyncio.TaskGroup` inside one
 :class:`~shopfloor.agent.mqtt.MqttConnection`: per machine a session task (device session
 into tracker into the record queue), a flush timer (telemetry batches and heartbeats that
-are due by time alone), the publisher, and the status task that publishes the retained
-``_status`` online message (and the machines' retained state and meta again) after every
-(re)connect. The MQTT will carries the same topic with ``online: false``. A clean stop
-publishes ``online: false`` itself, waits briefly for the broker to acknowledge, and
-disconnects.
+are due by time alone), the publisher's three loops (queue into the durable outbox, outbox
+to MQTT, the hub's ``_ack`` and ``_cmd/replay`` back; :mod:`shopfloor.agent.publisher`),
+and the status task that publishes the retained ``_status`` online message after every
+(re)connect and every ``status_interval_s``, with the outbox counters. The MQTT will
+carries the same topic with ``online: false``. A clean stop writes what is still queued to
+the outbox, publishes ``online: false`` itself, waits briefly for the broker to
+acknowledge, and disconnects. Whatever was not acknowledged by the hub stays in the outbox
+for the next start.
 
 ``shopfloor agent run --config FILE`` ends up in :func:`main`.
 """
@@ -28,9 +31,9 @@ from shopfloor.agent.config import AgentConfig, MachineConfig, load_config
 from shopfloor.agent.errors import AgentError, ConfigError, MqttError
 from shopfloor.agent.links import Link, open_link
 from shopfloor.agent.mqtt import MqttConnection, Will
+from shopfloor.agent.outbox import Outbox
 from shopfloor.agent.publisher import Publisher, RecordQueue
 from shopfloor.agent.readings import Record
-from shopfloor.agent.seqstore import SeqStore
 from shopfloor.agent.sessions.base import SessionContext
 from shopfloor.agent.sessions.registry import protocol_entry
 from shopfloor.agent.tracker import MachineTracker
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S: Final = 0.5
 RESTART_DELAY_S: Final = 5.0
 SHUTDOWN_TIMEOUT_S: Final = 5.0
+STATUS_INTERVAL_S: Final = 60.0
 
 
 class _MachineLog(logging.LoggerAdapter[logging.Logger]):
@@ -69,6 +73,11 @@ class AgentApp:
         queue_size: int = 1000,
         link_factory: Callable[[MachineConfig], Link] | None = None,
         version: str | None = None,
+        outbox_max_rows: int | None = None,
+        outbox_max_bytes: int | None = None,
+        replay_rate: float | None = None,
+        resend_after_s: float = 30.0,
+        status_interval_s: float = STATUS_INTERVAL_S,
     ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
@@ -81,6 +90,12 @@ class AgentApp:
         self._link_factory = link_factory or (lambda m: open_link(m.port, m.baudrate))
         self._stop = asyncio.Event()
         self.epoch = 0
+        self.outbox_max_rows = outbox_max_rows
+        self.outbox_max_bytes = outbox_max_bytes
+        self.replay_rate = replay_rate
+        self.resend_after_s = resend_after_s
+        self.status_interval_s = status_interval_s
+        self.publisher: Publisher | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to shut down cleanly (publish offline, disconnect)."""
@@ -94,20 +109,32 @@ class AgentApp:
                 epoch=self.epoch,
                 ts=self.clock.wall_ms(),
                 version=self.version,
+                outbox=self._counters() if online else None,
             )
         )
 
+    def _counters(self) -> dict[str, int] | None:
+        if self.publisher is None:
+            return None
+        return {**self.publisher.counters(), "queue_dropped": self.queue.dropped_telemetry}
+
     async def run(self) -> None:
         cfg = self.config
-        store = await SeqStore.open(cfg.agent.data_dir)
+        store = await Outbox.open(
+            cfg.agent.data_dir,
+            max_rows=self.outbox_max_rows or cfg.agent.outbox_max_rows,
+            max_bytes=self.outbox_max_bytes or cfg.agent.outbox_max_mb * 1024 * 1024,
+        )
         self.epoch = store.epoch
         log.info(
-            "agent %s (site %s, epoch %d, stream %s) starting with %d machine(s)",
+            "agent %s (site %s, epoch %d, stream %s) starting with %d machine(s);"
+            " %d record(s) in the outbox",
             cfg.agent.id,
             cfg.agent.site,
             store.epoch,
             store.stream,
             len(cfg.machines),
+            store.stats.depth,
         )
         will = Will(
             self.topics.status,
@@ -117,14 +144,28 @@ class AgentApp:
             delay_s=cfg.mqtt.will_delay_s,
         )
         async with store, MqttConnection(cfg.mqtt, will=will) as conn:
-            publisher = Publisher(conn, store, self.topics)
+            publisher = Publisher(
+                conn,
+                store,
+                self.topics,
+                default_machine=cfg.machines[0].id if cfg.machines else "agent",
+                replay_rate=self.replay_rate or cfg.agent.replay_rate,
+                resend_after_s=self.resend_after_s,
+                clock_wall_ms=self.clock.wall_ms,
+                clock_mono_ms=self.clock.mono_ms,
+            )
+            self.publisher = publisher
+            for topic in publisher.subscriptions():
+                await conn.subscribe(topic)
             try:
                 async with asyncio.TaskGroup() as tg:
                     for machine in cfg.machines:
                         tg.create_task(self._machine(machine), name=f"machine:{machine.id}")
                     tg.create_task(self._flush_timer(), name="flush-timer")
-                    tg.create_task(publisher.run(self.queue), name="publisher")
-                    tg.create_task(self._announce(conn, publisher), name="status")
+                    tg.create_task(publisher.write_loop(self.queue), name="outbox-writer")
+                    tg.create_task(publisher.send_loop(), name="outbox-sender")
+                    tg.create_task(publisher.control_loop(), name="hub-control")
+                    tg.create_task(self._announce(conn), name="status")
                     tg.create_task(self._wait_stop(), name="stop")
             except* _StopRequestedError:
                 pass
@@ -135,26 +176,30 @@ class AgentApp:
         raise _StopRequestedError
 
     async def _shutdown(self, conn: MqttConnection, publisher: Publisher) -> None:
-        """Publish what is queued and the offline status, if the broker is there to take it."""
+        """Write what is queued to the outbox; publish the offline status if the broker is there."""
+        await publisher.flush(self.queue)
+        log.info("agent %s: outbox counters %s", self.config.agent.id, self._counters())
         if not conn.is_connected:
             log.info("agent %s stopping while the broker is unreachable", self.config.agent.id)
             return
         with contextlib.suppress(TimeoutError, MqttError):
             async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
-                while (record := self.queue.get_nowait()) is not None:
-                    await publisher.publish_record(record)
                 await conn.publish(self.topics.status, self._status(online=False), retain=True)
         await conn.drain(SHUTDOWN_TIMEOUT_S)
         log.info("agent %s stopped; published offline status", self.config.agent.id)
 
-    async def _announce(self, conn: MqttConnection, publisher: Publisher) -> None:
-        """After every (re)connect: ``_status`` online, then retained state and meta again."""
+    async def _announce(self, conn: MqttConnection) -> None:
+        """``_status`` online (with the outbox counters) after every (re)connect, and every
+        ``status_interval_s``; the counters are logged at the same pace."""
         generation = 0
         while True:
-            generation = await conn.wait_connected(after=generation)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.status_interval_s if generation else None):
+                    generation = await conn.wait_connected(after=generation)
+            await conn.wait_connected()
+            generation = conn.generation
             await conn.publish(self.topics.status, self._status(online=True), retain=True)
-            if generation > 1:
-                await publisher.republish_retained()
+            log.info("agent %s: outbox %s", self.config.agent.id, self._counters())
 
     async def _flush_timer(self) -> None:
         while True:

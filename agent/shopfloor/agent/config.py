@@ -46,6 +46,12 @@ class AgentSettings:
     site: str
     topic_root: str = DEFAULT_ROOT
     data_dir: Path = Path(DEFAULT_DATA_DIR)
+    #: Outbox cap (DESIGN.md section 3): past either, the oldest telemetry is dropped and
+    #: declared in a data_loss event.
+    outbox_max_rows: int = 200_000
+    outbox_max_mb: int = 256
+    #: Replayed (backlog) records per second, after a reconnect or a hub replay request.
+    replay_rate: float = 200.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +225,22 @@ def _example(kind: type[Any]) -> str:
     )
 
 
-_AGENT_KEYS: Final = ("id", "site", "topic_root", "data_dir")
+_AGENT_KEYS: Final = (
+    "id",
+    "site",
+    "topic_root",
+    "data_dir",
+    "outbox_max_rows",
+    "outbox_max_mb",
+    "replay_rate",
+)
 _MQTT_KEYS: Final = (
     "url",
     "username",
     "password",
     "password_file",
     "client_id",
-    "keepalive",
+    "keepalive_s",
     "ca_file",
     "cert_file",
     "key_file",
@@ -269,6 +283,9 @@ def _read_agent(t: ConfigTable) -> AgentSettings:
         site=t.ident("site", None, what="main-shop"),
         topic_root=root,
         data_dir=(t.base / Path(data_dir).expanduser()).resolve(),
+        outbox_max_rows=t.integer("outbox_max_rows", 200_000, low=100, high=100_000_000),
+        outbox_max_mb=t.integer("outbox_max_mb", 256, low=1, high=1_000_000),
+        replay_rate=t.number("replay_rate", 200.0, low=1, high=100_000, unit="records per second"),
     )
 
 
@@ -326,7 +343,7 @@ def _read_mqtt(t: ConfigTable, agent_id: str) -> MqttSettings:
         client_id=client_id,
         username=t.optional("username", str, what="a string"),
         password=password,
-        keepalive_s=t.integer("keepalive", 30, low=5, high=65535),
+        keepalive_s=t.integer("keepalive_s", 30, low=5, high=65535),
         ca_file=ca_file,
         cert_file=cert_file,
         key_file=key_file,
@@ -467,7 +484,7 @@ data_dir = "{data_dir}"           # sequence store (and later the outbox) live h
 url = "{url}"                     # mqtts://host:8883 for TLS
 # username = "{agent_id}"
 # password_file = "mqtt-password"  # or password = "..."; never put it in the url
-keepalive = 30
+keepalive_s = 30
 # ca_file = "ca.crt"              # TLS only; insecure = false by default
 
 [[machines]]

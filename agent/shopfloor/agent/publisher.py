@@ -1,34 +1,59 @@
-"""Between the trackers and MQTT: a bounded record queue, and the publisher that numbers records.
+"""Between the trackers and MQTT: a bounded record queue, the outbox writer and the sender.
 
 :class:`RecordQueue` holds :class:`~shopfloor.agent.readings.Record` objects from every
 machine's tracker. When it is full, the oldest *telemetry* record is dropped and counted;
 state, event and meta records are never dropped: their producer waits for room instead
 (back-pressure up to the device session, which drops its own telemetry first).
 
-:class:`Publisher` gives each record the agent's ``stream`` and the next ``seq`` from the
-:class:`~shopfloor.agent.seqstore.SeqStore`, wraps it in an
-:class:`~shopfloor.contract.envelope.Envelope` and publishes it with QoS 1, retained for
-state and meta. It remembers the last retained payload per topic so that they can be
-published again after a reconnect (a broker without persistence forgets them); the same
-envelope, same ``stream``+``seq``, so the hub sees a duplicate, not a new record.
+:class:`Publisher` runs three loops over the durable
+:class:`~shopfloor.agent.outbox.Outbox` (DESIGN.md section 3):
 
-When the durable outbox lands (DESIGN.md section 3), it sits between this queue and
-:meth:`Publisher.publish_record`: records get their seq when written to disk, and the
-publisher reads from the outbox instead.
+- ``write_loop`` takes what is queued (up to ``batch_size`` records at a time), gives each
+  record the next ``seq`` of the stream and writes it to the outbox in one transaction,
+  *before* anything is published. Rows dropped by the outbox cap become a ``data_loss``
+  event (also written to the outbox, never dropped).
+- ``send_loop`` publishes rows in seq order, QoS 1 (retained for state and meta). After
+  every (re)connect it starts again from the oldest row still in the outbox: those rows
+  were written before this connection, so they go out with ``replay: true``, not retained,
+  and through a token bucket (``replay_rate`` per second). A PUBACK only moves the cursor.
+- ``control_loop`` reads the hub's retained ``_ack`` watermark (rows with ``seq`` at or
+  below it are deleted, nothing else deletes a row) and the hub's ``_cmd/replay``
+  requests (the cursor moves back to ``from_seq``; seqs the outbox no longer has are
+  declared in a ``data_loss`` event with reason ``not_in_outbox``). If the watermark does
+  not move for ``resend_after_s`` while rows are outstanding and the hub says it is
+  online, the un-acked rows are replayed too (backing off up to 10 minutes).
+
+The last state and meta of every machine are kept in memory and published again (retained,
+``replay: true``, same stream+seq) after every reconnect, because a broker without
+persistence forgets retained messages; the hub sees a duplicate, not a new record. A
+backlog row goes out retained only if it is still the newest for its topic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
 from collections import deque
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
-from shopfloor.agent.mqtt import MqttConnection
+from shopfloor.agent.mqtt import IncomingMessage, MqttConnection
+from shopfloor.agent.outbox import Outbox, OutboxRow, seq_ranges
 from shopfloor.agent.readings import Record
-from shopfloor.agent.seqstore import SeqStore
-from shopfloor.contract.envelope import Envelope, RecordKind, encode_envelope
-from shopfloor.contract.topics import AgentTopics, Channel
+from shopfloor.contract.envelope import (
+    MAX_LOSS_RANGES,
+    DataLoss,
+    Envelope,
+    RecordKind,
+    decode_ack,
+    decode_replay,
+    encode_envelope,
+)
+from shopfloor.contract.errors import ContractError
+from shopfloor.contract.topics import AgentTopics, Channel, hub_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -94,44 +119,356 @@ class RecordQueue:
         return record
 
 
-class Publisher:
-    """Numbers records and publishes them on the contract topics."""
+class TokenBucket:
+    """``await bucket.take()`` at most ``rate`` times a second on average, ``burst`` at once."""
 
-    def __init__(self, conn: MqttConnection, store: SeqStore, topics: AgentTopics) -> None:
+    def __init__(
+        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    async def take(self) -> None:
+        self._refill()
+        while self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= 1
+
+
+_REPLAY_FALSE: Final = b'"replay":false'
+_REPLAY_TRUE: Final = b'"replay":true'
+_MAX_RESEND_BACKOFF_S: Final = 600.0
+
+
+def as_replay(payload: bytes) -> bytes:
+    """The same envelope with ``replay: true`` (the field comes before ``body``)."""
+    return payload.replace(_REPLAY_FALSE, _REPLAY_TRUE, 1)
+
+
+class Publisher:
+    """Outbox writer, sender and ack/replay handler of one agent; see the module docstring."""
+
+    def __init__(
+        self,
+        conn: MqttConnection,
+        outbox: Outbox,
+        topics: AgentTopics,
+        *,
+        default_machine: str,
+        replay_rate: float = 200.0,
+        replay_burst: int = 50,
+        batch_size: int = 200,
+        read_size: int = 100,
+        resend_after_s: float = 30.0,
+        clock_wall_ms: Callable[[], int] | None = None,
+        clock_mono_ms: Callable[[], int] | None = None,
+    ) -> None:
+        if batch_size < 1 or read_size < 1:
+            raise ValueError("batch_size and read_size must be at least 1")
         self._conn = conn
-        self._store = store
+        self.outbox = outbox
         self._topics = topics
-        self._retained: dict[str, bytes] = {}
+        self._default_machine = default_machine
+        self._bucket = TokenBucket(replay_rate, replay_burst)
+        self.batch_size = batch_size
+        self.read_size = read_size
+        self.resend_after_s = resend_after_s
+        self._wall = clock_wall_ms or (lambda: time.time_ns() // 1_000_000)
+        self._mono = clock_mono_ms or (lambda: time.monotonic_ns() // 1_000_000)
+        self._retained: dict[str, tuple[int, bytes]] = {}  # topic -> newest (seq, payload)
+        self._wake = asyncio.Event()
+        self._rewind: int | None = None
+        self._cursor = 0  # next seq to send on this connection
+        self.acked = 0  # the best watermark the hub has sent for our stream
+        self._ack_progress_at = time.monotonic()
+        self._resend_backoff = resend_after_s
+        self._declared_missing_upto = 0
+        self.hub_online: bool | None = None
+        #: Counters, also sent in ``_status`` (see :meth:`counters`).
         self.published = 0
+        self.replayed = 0
+        self.replay_requests = 0
+        self.resends = 0
+        self.data_loss_events = 0
+
+    @property
+    def replay_rate(self) -> float:
+        return self._bucket.rate
+
+    def counters(self) -> dict[str, int]:
+        return {
+            **self.outbox.stats.as_dict(),
+            "acked_seq": self.acked,
+            "published": self.published,
+            "replayed": self.replayed,
+            "replay_requests": self.replay_requests,
+            "resends": self.resends,
+            "data_loss_events": self.data_loss_events,
+        }
+
+    def subscriptions(self) -> list[str]:
+        """What :meth:`control_loop` needs subscribed."""
+        return [
+            self._topics.ack,
+            self._topics.cmd("replay"),
+            hub_status_topic(self._topics.site, self._topics.root),
+        ]
+
+    # -- writing to the outbox ---------------------------------------------------------------
 
     def envelope(self, record: Record, seq: int) -> Envelope:
         return Envelope(
             kind=record.kind,
             agent=self._topics.agent,
             machine=record.machine,
-            stream=self._store.stream,
+            stream=self.outbox.stream,
             seq=seq,
             ts=record.ts_ms,
             mono=record.mono_ms,
             body=record.body,
+            epoch=self.outbox.epoch,
         )
 
-    async def publish_record(self, record: Record) -> None:
-        seq = await self._store.next_seq()
-        payload = encode_envelope(self.envelope(record, seq))
-        topic = self._topics.machine(record.machine, Channel(str(record.kind)))
-        retain = record.kind in RETAINED_KINDS
-        if retain:
-            self._retained[topic] = payload
-        await self._conn.publish(topic, payload, qos=1, retain=retain)
-        self.published += 1
+    def make_row(self, record: Record, seq: int) -> OutboxRow:
+        """Runs in the outbox thread: pure, touches nothing shared."""
+        return OutboxRow(
+            seq=seq,
+            kind=record.kind,
+            machine=record.machine,
+            topic=self._topics.machine(record.machine, Channel(str(record.kind))),
+            retain=record.kind in RETAINED_KINDS,
+            payload=encode_envelope(self.envelope(record, seq)),
+        )
 
-    async def run(self, queue: RecordQueue) -> None:
-        """Publish records from ``queue`` forever (until cancelled)."""
+    async def write(self, records: list[Record]) -> None:
+        """Write ``records`` to the outbox; declare whatever the cap dropped."""
+        result = await self.outbox.append(records, self.make_row)
+        for row in result.rows:
+            if row.retain:
+                self._retained[row.topic] = (row.seq, row.payload)
+        losses = result.dropped
+        rounds = 0
+        while losses and rounds < 10:
+            rounds += 1
+            events = [
+                self._loss_record(machine, seqs, "outbox_full") for machine, seqs in losses.items()
+            ]
+            dropped = sum(len(s) for s in losses.values())
+            log.warning(
+                "outbox full (%d rows, %d bytes): dropped %d record(s); %d telemetry and %d other "
+                "dropped so far",
+                self.outbox.stats.depth,
+                self.outbox.stats.bytes,
+                dropped,
+                self.outbox.stats.dropped_telemetry,
+                self.outbox.stats.dropped_other,
+            )
+            flat = [e for group in events for e in group]
+            self.data_loss_events += len(flat)
+            losses = (await self.outbox.append(flat, self.make_row)).dropped
+        self._wake.set()
+
+    def _loss_record(self, machine: str, seqs: list[int], reason: str) -> list[Record]:
+        ranges = seq_ranges(sorted(seqs))
+        wall, mono = self._wall(), self._mono()
+        out = []
+        for i in range(0, len(ranges), MAX_LOSS_RANGES):
+            part = ranges[i : i + MAX_LOSS_RANGES]
+            loss = DataLoss(
+                stream=self.outbox.stream,
+                ranges=tuple((a, b) for a, b in part),
+                reason=reason,
+                count=sum(b - a + 1 for a, b in part),
+            )
+            out.append(Record(RecordKind.EVENT, machine, wall, mono, loss.to_body()))
+        return out
+
+    async def write_loop(self, queue: RecordQueue) -> None:
+        """Move records from ``queue`` to the outbox forever, a batch per transaction."""
         while True:
-            await self.publish_record(await queue.get())
+            batch = [await queue.get()]
+            while len(batch) < self.batch_size and (record := queue.get_nowait()) is not None:
+                batch.append(record)
+            await self.write(batch)
 
-    async def republish_retained(self) -> None:
-        """Publish the last state and meta of every machine again (after a reconnect)."""
-        for topic, payload in list(self._retained.items()):
-            await self._conn.publish(topic, payload, qos=1, retain=True)
+    async def flush(self, queue: RecordQueue) -> None:
+        """Write whatever is still queued (on shutdown)."""
+        batch: list[Record] = []
+        while (record := queue.get_nowait()) is not None:
+            batch.append(record)
+            if len(batch) >= self.batch_size:
+                await self.write(batch)
+                batch = []
+        if batch:
+            await self.write(batch)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def send_loop(self) -> None:
+        """Publish outbox rows in seq order forever; see the module docstring."""
+        generation = 0
+        replay_until = 0
+        while True:
+            current = await self._conn.wait_connected()
+            if current != generation:
+                first = await self.outbox.first_seq()
+                self._cursor = first if first is not None else self.outbox.next_seq
+                replay_until = self.outbox.last_seq
+                await self.republish_retained(before=self._cursor)
+                generation = current
+                self._ack_progress_at = time.monotonic()
+            self._check_resend()
+            if self._rewind is not None:
+                self._cursor = min(self._cursor, self._rewind)
+                replay_until = max(replay_until, self.outbox.last_seq)
+                self._rewind = None
+            self._wake.clear()
+            rows = await self.outbox.read_from(self._cursor, self.read_size)
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
+                continue
+            for row in rows:
+                if self._conn.generation != generation or self._rewind is not None:
+                    break
+                if row.seq <= replay_until:
+                    # Retained only if it is still the newest for its topic: an old state
+                    # from the backlog must not replace the current one in the broker.
+                    newest = self._retained.get(row.topic, (0, b""))[0] == row.seq
+                    await self._bucket.take()
+                    await self._conn.publish(
+                        row.topic, as_replay(row.payload), qos=1, retain=row.retain and newest
+                    )
+                    self.replayed += 1
+                else:
+                    await self._conn.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                self.published += 1
+                self._cursor = row.seq + 1
+
+    def _check_resend(self) -> None:
+        """Replay un-acked rows if the watermark is stuck while the hub says it is online."""
+        outstanding = self._cursor - 1 > self.acked and self.outbox.stats.depth > 0
+        if not outstanding or self.hub_online is False:
+            return
+        if time.monotonic() - self._ack_progress_at < self._resend_backoff:
+            return
+        log.warning(
+            "the hub's watermark is stuck at %d (sent up to %d) for %.1f s; replaying",
+            self.acked,
+            self._cursor - 1,
+            self._resend_backoff,
+        )
+        self.resends += 1
+        self._rewind = self.acked + 1
+        self._ack_progress_at = time.monotonic()
+        self._resend_backoff = min(self._resend_backoff * 2, _MAX_RESEND_BACKOFF_S)
+
+    async def republish_retained(self, *, before: int | None = None) -> None:
+        """Publish the last state and meta of every machine again (after a reconnect).
+
+        Those with a seq at or after ``before`` are skipped: they are in the backlog that
+        follows, and go out retained from there.
+        """
+        for topic, (seq, payload) in list(self._retained.items()):
+            if before is None or seq < before:
+                await self._conn.publish(topic, as_replay(payload), qos=1, retain=True)
+
+    # -- acks and commands from the hub ------------------------------------------------------
+
+    async def control_loop(self) -> None:
+        """Handle ``_ack``, ``_cmd/replay`` and the hub's status, forever."""
+        async for message in self._conn.messages():
+            await self.handle(message)
+
+    async def handle(self, message: IncomingMessage) -> None:
+        try:
+            if message.topic == self._topics.ack:
+                if message.payload:
+                    await self._on_ack(message.payload)
+            elif message.topic == self._topics.cmd("replay"):
+                await self._on_replay(message.payload)
+            elif message.topic == hub_status_topic(self._topics.site, self._topics.root):
+                self._on_hub_status(message.payload)
+        except ContractError as exc:
+            log.warning("ignoring a bad message on %s: %s", message.topic, exc)
+
+    async def _on_ack(self, payload: bytes) -> None:
+        watermark = decode_ack(payload).streams.get(self.outbox.stream)
+        if watermark is None or watermark <= self.acked:
+            return  # not ours, or older news than what we know
+        if watermark >= self.outbox.next_seq:
+            log.warning(
+                "the hub acknowledges seq %d of stream %s, beyond the last one written (%d);"
+                " ignoring it",
+                watermark,
+                self.outbox.stream,
+                self.outbox.next_seq - 1,
+            )
+            return
+        self.acked = watermark
+        self._ack_progress_at = time.monotonic()
+        self._resend_backoff = self.resend_after_s
+        await self.outbox.ack(watermark)
+
+    async def _on_replay(self, payload: bytes) -> None:
+        request = decode_replay(payload)
+        if request.stream != self.outbox.stream:
+            log.info("ignoring a replay request for stream %s (not ours)", request.stream)
+            return
+        self.replay_requests += 1
+        start = max(request.from_seq, self.acked + 1)
+        log.info(
+            "the hub asks for stream %s from seq %d; replaying from %d",
+            request.stream,
+            request.from_seq,
+            start,
+        )
+        # Seqs from there on that the outbox does not have will never come: say so.
+        holes = [
+            (max(a, self._declared_missing_upto + 1), b)
+            for a, b in await self.outbox.holes(start, self.outbox.next_seq - 1)
+            if b > self._declared_missing_upto
+        ]
+        if holes:
+            loss = DataLoss(
+                stream=self.outbox.stream,
+                ranges=tuple(holes),
+                reason="not_in_outbox",
+                count=sum(b - a + 1 for a, b in holes),
+            )
+            self._declared_missing_upto = holes[-1][1]
+            self.data_loss_events += 1
+            log.warning(
+                "%d seq(s) of stream %s from %d on are not in the outbox; declaring them lost: %s",
+                loss.count,
+                self.outbox.stream,
+                start,
+                holes[:5],
+            )
+            record = Record(
+                RecordKind.EVENT, self._default_machine, self._wall(), self._mono(), loss.to_body()
+            )
+            await self.write([record])
+        self._rewind = start
+        self._wake.set()
+
+    def _on_hub_status(self, payload: bytes) -> None:
+        try:
+            body: Any = json.loads(payload) if payload else {}
+        except ValueError:
+            return
+        online = body.get("online") if isinstance(body, dict) else None
+        if isinstance(online, bool):
+            self.hub_online = online

@@ -6,8 +6,9 @@ blocks reserved on disk *before* any number of the block is used: a crash (even 
 a power cut, with ``synchronous=FULL``) skips the rest of a block but never reuses a number.
 ``epoch`` counts agent starts.
 
-The durable outbox (DESIGN.md section 3) will be a second table in this file; the schema is
-versioned with ``PRAGMA user_version`` for that.
+The durable outbox (DESIGN.md section 3, :mod:`shopfloor.agent.outbox`) is a second table
+in this file (schema version 2, ``PRAGMA user_version``; a version 1 file is upgraded in
+place).
 
 Blocking sqlite calls run behind one boundary, :meth:`SeqStore._in_thread`, and only once
 per block of ``block_size`` seqs, never per message.
@@ -26,7 +27,19 @@ from typing import Final, Self, TypeVar
 from shopfloor.agent.errors import StoreError
 
 DB_NAME: Final = "agent.sqlite3"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: The outbox table: one row per record, written before it is published, deleted only
+#: when the hub's ``_ack`` watermark covers its seq.
+OUTBOX_DDL: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    retain INTEGER NOT NULL,
+    payload BLOB NOT NULL
+) STRICT
+"""
 DEFAULT_BLOCK: Final = 1000
 _T = TypeVar("_T")
 
@@ -62,6 +75,10 @@ class _SeqDb:
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [("stream", uuid.uuid4().hex), ("next_block", 1), ("epoch", 0)],
                 )
+                c.execute(OUTBOX_DDL)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:
+                c.execute(OUTBOX_DDL)
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             else:
                 self._check_version(version)

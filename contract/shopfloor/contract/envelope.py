@@ -48,6 +48,9 @@ class Envelope:
     mono: int | None = None
     replay: bool = False
     v: int = field(default=SCHEMA_VERSION)
+    #: The agent's boot epoch when the record was acquired (``mono`` is only comparable
+    #: within one epoch). Optional: older agents do not send it.
+    epoch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -63,6 +66,8 @@ class Envelope:
         }
         if self.mono is not None:
             out["mono"] = self.mono
+        if self.epoch is not None:
+            out["epoch"] = self.epoch
         return out
 
 
@@ -166,6 +171,9 @@ def decode_envelope(payload: bytes) -> Envelope:
     seq = _require_int(obj, "seq", low=1, high=MAX_SEQ)
     ts = _require_int(obj, "ts", low=0, high=2**53)
     mono = _require_int(obj, "mono", low=0, high=2**53) if obj.get("mono") is not None else None
+    epoch = (
+        _require_int(obj, "epoch", low=0, high=MAX_SEQ) if obj.get("epoch") is not None else None
+    )
     replay = obj.get("replay", False)
     if not isinstance(replay, bool):
         raise ContractError(f"'replay' must be true or false, got {replay!r}", field="replay")
@@ -183,6 +191,7 @@ def decode_envelope(payload: bytes) -> Envelope:
         mono=mono,
         replay=replay,
         body=body,
+        epoch=epoch,
     )
 
 
@@ -195,9 +204,11 @@ class AgentStatus:
     epoch: int  # boot counter of the agent, persisted; lets the hub tell restarts apart
     ts: int
     version: str = ""
+    #: Optional counters of the agent's outbox (depth, bytes, dropped_telemetry, ...).
+    outbox: Mapping[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "kind": "status",
             "agent": self.agent,
@@ -206,6 +217,9 @@ class AgentStatus:
             "ts": self.ts,
             "version": self.version,
         }
+        if self.outbox is not None:
+            out["outbox"] = dict(self.outbox)
+        return out
 
 
 def encode_status(status: AgentStatus) -> bytes:
@@ -219,12 +233,19 @@ def decode_status(payload: bytes) -> AgentStatus:
     if not isinstance(online, bool):
         raise ContractError(f"'online' must be true or false, got {online!r}", field="online")
     version = obj.get("version", "")
+    raw_outbox = obj.get("outbox")
+    outbox = (
+        {str(k): v for k, v in raw_outbox.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if isinstance(raw_outbox, dict)
+        else None
+    )
     return AgentStatus(
         agent=validate_id(_require_str(obj, "agent"), "agent"),
         online=online,
         epoch=_require_int(obj, "epoch", low=0, high=MAX_SEQ),
         ts=_require_int(obj, "ts", low=0, high=2**53),
         version=version if isinstance(version, str) else "",
+        outbox=outbox,
     )
 
 
@@ -253,3 +274,91 @@ def decode_ack(payload: bytes) -> AckWatermark:
     for stream, seq in streams.items():
         checked[stream] = _require_int({"seq": seq}, "seq", low=0, high=MAX_SEQ)
     return AckWatermark(streams=checked, ts=_require_int(obj, "ts", low=0, high=2**53))
+
+
+#: Seconds a replay request stays valid in the broker (MQTT 5 message expiry).
+REPLAY_EXPIRY_S: Final = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """Sent by the hub on ``{agent}/_cmd/replay``: publish again from ``from_seq`` on.
+
+    The agent answers with the rows it still has (``replay: true``) and, for the seqs at
+    or after ``from_seq`` that it no longer has, a ``data_loss`` event.
+    """
+
+    stream: str
+    from_seq: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": SCHEMA_VERSION, "stream": self.stream, "from_seq": self.from_seq}
+
+
+def encode_replay(request: ReplayRequest) -> bytes:
+    return _dumps(request.to_json())
+
+
+def decode_replay(payload: bytes) -> ReplayRequest:
+    obj = _loads(payload, "replay request")
+    _check_version(obj)
+    stream = _require_str(obj, "stream")
+    if len(stream) > _MAX_STREAM_LEN:
+        raise ContractError(f"'stream' is longer than {_MAX_STREAM_LEN} characters", field="stream")
+    return ReplayRequest(stream=stream, from_seq=_require_int(obj, "from_seq", low=1, high=MAX_SEQ))
+
+
+@dataclass(frozen=True, slots=True)
+class DataLoss:
+    """The body of a ``data_loss`` event: seqs of ``stream`` the agent will never send.
+
+    ``ranges`` are inclusive ``[first, last]`` pairs. ``reason`` is ``outbox_full`` (the
+    outbox cap dropped them) or ``not_in_outbox`` (asked for by a replay request but gone:
+    a seq block skipped by a crash, or telemetry lost with a power cut).
+    """
+
+    stream: str
+    ranges: tuple[tuple[int, int], ...]
+    reason: str
+    count: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "event": "data_loss",
+            "stream": self.stream,
+            "ranges": [list(r) for r in self.ranges],
+            "reason": self.reason,
+            "count": self.count,
+        }
+
+
+#: At most this many ranges in one data_loss event (the agent splits longer lists).
+MAX_LOSS_RANGES: Final = 1000
+
+
+def parse_data_loss(body: Mapping[str, Any]) -> DataLoss | None:
+    """The :class:`DataLoss` in an event body, or None if the body is not a valid one."""
+    if body.get("event") != "data_loss":
+        return None
+    stream = body.get("stream")
+    raw = body.get("ranges")
+    if not isinstance(stream, str) or not stream or not isinstance(raw, list):
+        return None
+    ranges = []
+    for item in raw[:MAX_LOSS_RANGES]:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+            or not 1 <= item[0] <= item[1] <= MAX_SEQ
+        ):
+            return None
+        ranges.append((int(item[0]), int(item[1])))
+    reason = body.get("reason")
+    count = body.get("count")
+    return DataLoss(
+        stream=stream,
+        ranges=tuple(ranges),
+        reason=reason if isinstance(reason, str) else "",
+        count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+    )

@@ -6,7 +6,16 @@ acknowledged (PUBACK) only after its batch is committed: gmqtt with
 returns, with the reason code it returns. Bad messages are stored in ``rejected``,
 counted and acknowledged too, so they are not redelivered forever. After each commit the
 retained ``_ack`` watermark of every touched agent is published, at most once a second
-per agent.
+per agent, and every known agent's watermark is published again after each (re)connect (a
+broker restarted without persistence has forgotten them).
+
+Gaps: a stream whose contiguous seq stays below the highest seq seen for longer than
+``reorder_timeout_s`` gets a ``_cmd/replay`` request from contiguous + 1 (MQTT 5 message
+expiry ``REPLAY_EXPIRY_S``), at most one per agent every ``replay_interval_s``. An agent's
+``data_loss`` event marks seqs it can never send; the store counts them as filled.
+
+Clock sanity (:mod:`shopfloor.hub.clock_sanity`): every envelope's ``ts`` is checked
+against the agent's monotonic clock; a bad one is corrected or flagged before storing.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import gmqtt
@@ -31,13 +40,20 @@ from shopfloor.contract import (
     AgentTopics,
     Channel,
     ContractError,
+    Envelope,
+    RecordKind,
+    ReplayRequest,
     decode_envelope,
     decode_status,
     encode_ack,
+    encode_replay,
     hub_status_topic,
+    parse_data_loss,
     parse_topic,
 )
+from shopfloor.contract.envelope import REPLAY_EXPIRY_S
 from shopfloor.contract.topics import subscription_filters
+from shopfloor.hub.clock_sanity import ClockSanity, Verdict
 from shopfloor.hub.config import HubConfig
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import (
@@ -138,6 +154,10 @@ class Ingest:
         max_delay_s: float = 0.05,
         queue_size: int = 1000,
         ack_interval_s: float = 1.0,
+        reorder_timeout_s: float = 5.0,
+        replay_interval_s: float = 30.0,
+        gap_check_s: float = 1.0,
+        clock_sanity: ClockSanity | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -148,6 +168,22 @@ class Ingest:
         self.ack_interval_s = ack_interval_s
         self.root = config.hub.root
         self.counters: Counter[str] = Counter()
+        # Always shown in /api/v1/health, even while zero.
+        for name in (
+            "received",
+            "stored",
+            "duplicates",
+            "rejected",
+            "gaps_detected",
+            "gaps_open",
+            "gaps_abandoned",
+            "replay_requests",
+            "data_loss_events",
+            "data_loss_declared_seqs",
+            "clock_corrected",
+            "clock_flagged",
+        ):
+            self.counters[name] = 0
         self.rejected_by_reason: Counter[str] = Counter()
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_size)
         self._closing = False
@@ -157,6 +193,18 @@ class Ingest:
         self._ack_wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self.reorder_timeout_s = reorder_timeout_s
+        self.replay_interval_s = replay_interval_s
+        self.gap_check_s = gap_check_s
+        self.clock_sanity = clock_sanity or ClockSanity()
+        self._sites: dict[str, str] = {}  # agent -> site, of every agent ever seen
+        self._epochs: dict[str, int] = {}  # agent -> boot epoch of its latest status
+        self._stuck: dict[tuple[str, str], tuple[int, float]] = {}  # -> (contiguous, since)
+        self._replay_last: dict[str, float] = {}  # agent -> loop time of the last request
+        self._replay_tries: dict[tuple[str, str], int] = {}  # requests for the open gap
+        #: Requests for one gap before the hub gives up on it (the stream may be dead: an
+        #: agent that got a new outbox never answers for its old stream).
+        self.max_replay_tries = 20
 
     # -- state for health ------------------------------------------------------------------
 
@@ -201,12 +249,18 @@ class Ingest:
         """Connect (retrying), ingest until ``stop`` is set, then shut down cleanly."""
         client = self._make_client()
         self._client = client
+        try:
+            self._sites.update(await self.store.agent_sites())
+        except StoreError:
+            log.exception("cannot read the known agents; their watermarks follow new data")
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(self._write_loop(), name="hub.ingest.writer")
             acker = tg.create_task(self._ack_loop(), name="hub.ingest.ack")
+            gaps = tg.create_task(self._gap_loop(), name="hub.ingest.gaps")
             connecting = tg.create_task(self._connect(client, stop), name="hub.ingest.connect")
             await stop.wait()
             connecting.cancel()
+            gaps.cancel()
             if self.connected:
                 for topic in self._hub_status_topics():
                     client.publish(topic, self._hub_status(online=False), qos=1, retain=True)
@@ -307,6 +361,10 @@ class Ingest:
         for topic in self._hub_status_topics():
             client.publish(topic, self._hub_status(online=True), qos=1, retain=True)
         self._connected.set()
+        # Publish every known watermark again: a broker that lost its retained store (no
+        # persistence) must not leave agents waiting for an ack that never comes.
+        for agent, site in self._sites.items():
+            self._ack_dirty.setdefault(agent, site)
         self._ack_wake.set()
         log.info("connected to MQTT as %s", self.config.mqtt.client_id)
 
@@ -359,6 +417,9 @@ class Ingest:
                         "agent_mismatch",
                         f"agent in payload {status.agent!r} does not match topic {ref.agent!r}",
                     )
+                self._sites[status.agent] = ref.site
+                if not retained:
+                    self._epochs[status.agent] = status.epoch
                 return StatusUpdate(
                     status=status, site=ref.site, received_at=now, retained=retained
                 )
@@ -383,7 +444,38 @@ class Ingest:
                 f"kind in payload {str(envelope.kind)!r} does not match topic channel "
                 f"{str(ref.channel)!r}",
             )
-        return Incoming(envelope=envelope, site=ref.site, received_at=now, retained=retained)
+        self._sites[envelope.agent] = ref.site
+        epoch = envelope.epoch if envelope.epoch is not None else self._epochs.get(envelope.agent)
+        verdict = self.clock_sanity.check(
+            envelope.agent,
+            epoch,
+            envelope.ts,
+            envelope.mono,
+            now,
+            live=not (envelope.replay or retained),
+        )
+        if verdict.flag is None:
+            return Incoming(envelope=envelope, site=ref.site, received_at=now, retained=retained)
+        self.counters[f"clock_{verdict.flag}"] += 1
+        if self.counters[f"clock_{verdict.flag}"] in (1, 100, 10_000):
+            log.warning(
+                "agent %s (epoch %s) sends ts %d, %d ms from what its monotonic clock says;"
+                " %s (%d so far)",
+                envelope.agent,
+                epoch,
+                envelope.ts,
+                verdict.ts - envelope.ts,
+                verdict.flag,
+                self.counters[f"clock_{verdict.flag}"],
+            )
+        return Incoming(
+            envelope=_shift_ts(envelope, verdict),
+            site=ref.site,
+            received_at=now,
+            retained=retained,
+            clock=str(verdict.flag),
+            agent_ts=envelope.ts,
+        )
 
     # -- the batch writer ----------------------------------------------------------------------
 
@@ -437,6 +529,20 @@ class Ingest:
         self.counters["duplicates"] += result.duplicates
         self.counters["rejected"] += len(write.rejections)
         self.counters["statuses"] += len(write.statuses)
+        for inc in result.new:
+            if inc.envelope.kind is RecordKind.EVENT:
+                loss = parse_data_loss(inc.envelope.body)
+                if loss is not None:
+                    self.counters["data_loss_events"] += 1
+                    self.counters["data_loss_declared_seqs"] += loss.count
+                    log.warning(
+                        "agent %s declares %d seq(s) of stream %s lost (%s): %s",
+                        inc.envelope.agent,
+                        loss.count,
+                        loss.stream,
+                        loss.reason,
+                        list(loss.ranges)[:5],
+                    )
         rows = self.trackers.apply(result)
         if rows:
             try:
@@ -523,3 +629,89 @@ class Ingest:
             return
         self._ack_last[agent] = asyncio.get_running_loop().time()
         self.counters["acks_published"] += 1
+
+    # -- gap detection -----------------------------------------------------------------------
+
+    async def _gap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.gap_check_s)
+            try:
+                await self.check_gaps()
+            except StoreError:
+                log.exception("gap check failed")
+
+    async def check_gaps(self) -> None:
+        """Ask for a replay of every stream stuck below its max for the reorder timeout."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        lagging = await self.store.lagging_streams()
+        seen = set()
+        # The gap asked about least often first, so one dead stream cannot starve the rest.
+        lagging.sort(key=lambda lag: self._replay_tries.get((lag.agent, lag.stream), 0))
+        for lag in lagging:
+            key = (lag.agent, lag.stream)
+            seen.add(key)
+            stuck = self._stuck.get(key)
+            if stuck is None or stuck[0] != lag.contiguous_seq:
+                self._stuck[key] = (lag.contiguous_seq, now)
+                self._replay_tries.pop(key, None)  # progress: a new gap
+                continue
+            if now - stuck[1] < self.reorder_timeout_s:
+                continue
+            tries = self._replay_tries.get(key, 0)
+            if tries >= self.max_replay_tries:
+                continue
+            if now - self._replay_last.get(lag.agent, -1e9) < self.replay_interval_s:
+                continue
+            if self._request_replay(lag.agent, lag.stream, lag.contiguous_seq + 1):
+                self._replay_last[lag.agent] = now
+                self._replay_tries[key] = tries + 1
+                if tries == 0:
+                    self.counters["gaps_detected"] += 1
+                elif tries + 1 == self.max_replay_tries:
+                    self.counters["gaps_abandoned"] += 1
+                    log.warning(
+                        "agent %s never filled the gap after seq %d of stream %s; giving up"
+                        " after %d replay requests",
+                        lag.agent,
+                        lag.contiguous_seq,
+                        lag.stream,
+                        self.max_replay_tries,
+                    )
+        for key in [k for k in self._stuck if k not in seen]:
+            del self._stuck[key]
+        for key in [k for k in self._replay_tries if k not in seen]:
+            del self._replay_tries[key]
+        self.counters["gaps_open"] = len(seen)
+
+    def _request_replay(self, agent: str, stream: str, from_seq: int) -> bool:
+        client = self._client
+        site = self._sites.get(agent)
+        if client is None or site is None or not self.connected:
+            return False
+        topic = AgentTopics(site=site, agent=agent, root=self.root).cmd("replay")
+        payload = encode_replay(ReplayRequest(stream=stream, from_seq=from_seq))
+        try:
+            client.publish(topic, payload, qos=1, message_expiry_interval=REPLAY_EXPIRY_S)
+        except OverflowError:
+            return False
+        self.counters["replay_requests"] += 1
+        log.info("asked agent %s to replay stream %s from seq %d", agent, stream, from_seq)
+        return True
+
+
+def _shift_ts(envelope: Envelope, verdict: Verdict) -> Envelope:
+    """``envelope`` with ``ts`` from the verdict; telemetry sample times move by as much."""
+    delta = verdict.ts - envelope.ts
+    body = envelope.body
+    if envelope.kind is RecordKind.TELEMETRY and isinstance(body.get("samples"), list):
+        body = {
+            **body,
+            "samples": [
+                {**sample, "ts": max(0, int(sample["ts"]) + delta)}
+                if isinstance(sample, dict) and isinstance(sample.get("ts"), int)
+                else sample
+                for sample in body["samples"]
+            ],
+        }
+    return replace(envelope, ts=verdict.ts, body=body)
