@@ -59,7 +59,7 @@ async def wait_until(
 @pytest.fixture
 async def hub(tmp_path: Path, topic_root: str, mqtt_url: str) -> AsyncIterator[Hub]:
     config = parse_config(
-        f'[hub]\nsite = "{SITE}"\nroot = "{topic_root}"\ndata_dir = "{tmp_path / "hub"}"\n'
+        f'[hub]\nsite = "{SITE}"\ntopic_root = "{topic_root}"\ndata_dir = "{tmp_path / "hub"}"\n'
         "stale_after_s = 60\n"
         f'[mqtt]\nurl = "{mqtt_url}"\nclient_id = "hub-{topic_root.split("/", maxsplit=1)[0]}"\n'
         "session_expiry_s = 60\n",

@@ -74,7 +74,7 @@ def hub_config(tmp_path: Path) -> Callable[..., HubConfig]:
         text = f"""
 [hub]
 site = "shop1"
-root = "{root}"
+topic_root = "{root}"
 data_dir = "{tmp_path}"
 stale_after_s = 30
 

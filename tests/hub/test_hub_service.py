@@ -29,7 +29,7 @@ async def test_server_runs_the_whole_hub_and_stops_with_streams_open(
     port = free_port()
     file = tmp_path / "hub.toml"
     file.write_text(
-        f'[hub]\nsite = "shop1"\nroot = "{broker.root}"\ndata_dir = "data"\n'
+        f'[hub]\nsite = "shop1"\ntopic_root = "{broker.root}"\ndata_dir = "data"\n'
         f'[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nclient_id = "hub-{broker.root[:9]}"\n'
         f"session_expiry_s = 60\n[api]\nport = {port}\n"
     )

@@ -101,6 +101,8 @@ class StandInHub:
     stream_status: int = 200
     #: How many stream requests were answered with ``stream_status`` instead of a stream.
     streams_refused: int = 0
+    #: machine id -> today's ``total`` figures served by ``/api/v1/utilization``.
+    utilization: dict[str, dict[str, Any]] = field(default_factory=dict)
     _subscribers: set[asyncio.Queue[View | None]] = field(default_factory=set)
     _refused: asyncio.Condition = field(default_factory=asyncio.Condition)
     app: FastAPI = field(init=False)
@@ -110,6 +112,7 @@ class StandInHub:
         self.app.include_router(wall.router)
         self.app.add_api_route("/api/v1/machines", self._machines, methods=["GET"])
         self.app.add_api_route("/api/v1/events", self._events, methods=["GET"])
+        self.app.add_api_route("/api/v1/utilization", self._utilization, methods=["GET"])
 
     async def push(self, view: View) -> None:
         self.views[view["id"]] = view
@@ -138,6 +141,26 @@ class StandInHub:
         if not self._authorized(request):
             return Response(status_code=401)
         body = {"machines": sorted(self.views.values(), key=lambda v: str(v["id"]))}
+        return Response(json.dumps(body), media_type="application/json")
+
+    async def _utilization(self, request: Request) -> Response:
+        """``GET /api/v1/utilization`` as the hub answers it (today, no bucket), paginated."""
+        if not self._authorized(request):
+            return Response(status_code=401)
+        offset = int(request.query_params.get("offset", "0"))
+        limit = int(request.query_params.get("limit", "50"))
+        ids = sorted(self.utilization)
+        page = ids[offset : offset + limit]
+        body = {
+            "machines": [
+                {"machine": m, "calendar": None, "total": self.utilization[m], "buckets": []}
+                for m in page
+            ],
+            "total_machines": len(ids),
+            "offset": offset,
+            "limit": limit,
+            "next_offset": offset + limit if offset + limit < len(ids) else None,
+        }
         return Response(json.dumps(body), media_type="application/json")
 
     async def _events(self, request: Request) -> Response:
@@ -313,6 +336,13 @@ def hub() -> Iterator[WallBackend]:
     """The backend. Replace this fixture's body with the real ``create_app`` (and push over
     MQTT) for the end-to-end version; the tests below stay as they are."""
     stand_in = StandInHub(views={v["id"]: v for v in SHOP})
+    stand_in.utilization = {
+        SHOP[0]["id"]: today(0.58, 1.0, planned=0.71, planned_ms=18_000_000),
+        SHOP[1]["id"]: today(0.22, 0.98, planned=0.27, planned_ms=18_000_000),
+        SHOP[2]["id"]: today(0.35, 0.93),
+        SHOP[3]["id"]: today(0.12, 1.0, planned=0.15, planned_ms=18_000_000),
+        SHOP[4]["id"]: today(0.0, 0.4),
+    }
     yield stand_in
     stand_in.close()
 
@@ -348,6 +378,48 @@ def tile(page: Page, machine_id: str) -> Any:
 
 
 # --- tests -------------------------------------------------------------------------------
+
+
+def today(
+    utilization: float | None,
+    coverage: float | None,
+    *,
+    planned: float | None = None,
+    planned_ms: int = 0,
+) -> dict[str, Any]:
+    """The ``total`` figures of ``GET /api/v1/utilization`` for one machine (shape only)."""
+    return {
+        "states_ms": {},
+        "productive_ms": 0,
+        "window_ms": 3_600_000,
+        "planned_ms": planned_ms,
+        "productive_planned_ms": 0,
+        "utilization": utilization,
+        "utilization_planned": planned,
+        "coverage": coverage,
+    }
+
+
+@pytest.mark.browser
+async def test_tiles_show_todays_utilization_with_coverage(browser: Browser) -> None:
+    stand_in = StandInHub(views={v["id"]: v for v in SHOP})
+    stand_in.utilization = {
+        # A machine on a shift: the share of planned time; one without: of the elapsed day.
+        SHOP[0]["id"]: today(0.41, 0.97, planned=0.623, planned_ms=18_000_000),
+        SHOP[1]["id"]: today(0.3, 0.5),
+    }
+    async with open_wall(browser, stand_in) as wall:
+        page = wall.page
+        shift = tile(page, SHOP[0]["id"]).locator(".util")
+        await expect(shift).to_have_text("Today 62 % of shift · 97 % seen")
+        await expect(shift).to_be_visible()
+        day = tile(page, SHOP[1]["id"]).locator(".util")
+        await expect(day).to_have_text("Today 30 % of day · 50 % seen")
+        await expect(day).to_have_attribute("data-low-coverage", "true")
+        # No figures for a machine: the line keeps its place but shows nothing.
+        await expect(tile(page, SHOP[2]["id"]).locator(".util")).to_have_attribute(
+            "data-empty", "true"
+        )
 
 
 @pytest.mark.browser
@@ -548,9 +620,14 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
         ),
     ]
     hub = StandInHub(views={v["id"]: v for v in SHOP + extra})
+    hub.utilization = {
+        v["id"]: today(0.5, 0.95, planned=(i * 0.13) % 1, planned_ms=1 if i % 3 else 0)
+        for i, v in enumerate(SHOP + extra)
+    }
     async with open_wall(browser, hub, query="?title=Oak%20%26%20Iron%20Workshop") as wall:
         page = wall.page
         await expect(page.locator(".tile")).to_have_count(len(SHOP) + len(extra))
+        await expect(page.locator('.util[data-empty="true"]')).to_have_count(0)
         await expect(page.locator("#conn")).to_have_attribute("data-conn", "live")
         await expect(page.locator("#site")).to_have_text("Oak & Iron Workshop")
         saw = tile(page, "north-shed/pi-1/saw")

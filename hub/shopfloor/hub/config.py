@@ -7,10 +7,10 @@ silently fall back to a default), with the closest known key suggested.
 [hub]
 site = "shop1"            # this hub's own site: default client id, hub status topic
 sites = ["shop1"]         # sites to ingest, or "+" for every site (default: [site])
-root = "shopfloor/v1"     # topic root
+topic_root = "shopfloor/v1"  # topic root, the same as every agent's
 data_dir = "data"         # relative paths are relative to this file
 database = "hub.sqlite3"  # relative to data_dir
-stale_after_s = 30        # a machine with no data for this long is OFFLINE
+stale_after_s = 60        # a machine with no data for this long is OFFLINE
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"   # mqtts:// for TLS
@@ -52,6 +52,7 @@ from urllib.parse import urlsplit
 from shopfloor.contract import DEFAULT_ROOT, ContractError, validate_id
 from shopfloor.contract.topics import validate_root
 from shopfloor.hub.errors import ConfigError
+from shopfloor.hub.shifts import UtilizationSection, parse_utilization
 
 ALL_SITES: Final = "+"
 MQTT_PROTOCOLS: Final = ("5", "3.1.1")
@@ -90,7 +91,7 @@ class HubSection:
     sites: tuple[str, ...] | None  # None = every site ("+")
     root: str = DEFAULT_ROOT
     database: Path = Path("data/hub.sqlite3")
-    stale_after_s: float = 30.0
+    stale_after_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +123,12 @@ class HubConfig:
     mqtt: MqttSection
     api: ApiSection
     source: str = "<memory>"
+    #: Shift calendars, machine groups and the utilization definition (all optional).
+    utilization: UtilizationSection = field(default_factory=UtilizationSection)
 
 
-_SECTIONS: Final = ("hub", "mqtt", "api")
-_HUB_KEYS: Final = ("site", "sites", "root", "data_dir", "database", "stale_after_s")
+_SECTIONS: Final = ("hub", "mqtt", "api", "utilization", "groups", "calendars")
+_HUB_KEYS: Final = ("site", "sites", "topic_root", "data_dir", "database", "stale_after_s")
 _MQTT_KEYS: Final = (
     "url",
     "client_id",
@@ -222,7 +225,8 @@ def parse_config(text: str, *, source: str = "<memory>", base_dir: Path | None =
     hub = _parse_hub(_Reader(source, "hub", top.table_("hub"), _HUB_KEYS), base)
     mqtt = _parse_mqtt(_Reader(source, "mqtt", top.table_("mqtt"), _MQTT_KEYS), base, hub.site)
     api = _parse_api(_Reader(source, "api", top.table_("api"), _API_KEYS))
-    return HubConfig(hub=hub, mqtt=mqtt, api=api, source=source)
+    utilization = parse_utilization(top)
+    return HubConfig(hub=hub, mqtt=mqtt, api=api, source=source, utilization=utilization)
 
 
 def load_config(path: str | Path) -> HubConfig:
@@ -253,15 +257,15 @@ def _parse_hub(r: _Reader, base: Path) -> HubSection:
             f'must be a list of site ids or "+", got {raw_sites!r}',
             'write sites = ["shop1"] or sites = "+"',
         )
-    root = r.str_("root", DEFAULT_ROOT)
+    root = r.str_("topic_root", DEFAULT_ROOT)
     assert root is not None
     try:
         validate_root(root)
     except ContractError as exc:
-        raise r.error("root", exc.reason, f'use e.g. root = "{DEFAULT_ROOT}"') from None
+        raise r.error("topic_root", exc.reason, f'use e.g. topic_root = "{DEFAULT_ROOT}"') from None
     data_dir = _resolve(base, r.str_("data_dir", "data") or "data")
     database = _resolve(data_dir, r.str_("database", "hub.sqlite3") or "hub.sqlite3")
-    stale = r.number("stale_after_s", 30.0, low=1.0, high=86400.0)
+    stale = r.number("stale_after_s", 60.0, low=1.0, high=86400.0)
     return HubSection(site=site, sites=sites, root=root, database=database, stale_after_s=stale)
 
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from shopfloor.hub.api import events, health, machines, rejected
+from shopfloor.hub.api import events, health, machines, rejected, utilization
 from shopfloor.hub.config import HubConfig
 from shopfloor.hub.runtime import Hub, open_hub
 
@@ -47,6 +47,7 @@ def create_app(
         app.state.hub = hub
     for module in (machines, events, health, rejected):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(utilization.router, prefix=API_PREFIX)
     if importlib.util.find_spec("shopfloor.hub.api.wall") is not None:
         from shopfloor.hub.api.wall import router as wall_router  # noqa: PLC0415
 

@@ -3,6 +3,7 @@
 from shopfloor.hub.store.base import (
     AgentRow,
     BatchResult,
+    DataLossRow,
     Incoming,
     Interval,
     MachineRow,
@@ -12,6 +13,7 @@ from shopfloor.hub.store.base import (
     StateSource,
     StatusUpdate,
     Store,
+    StreamLag,
     WriteBatch,
     machine_key,
 )
@@ -20,6 +22,7 @@ from shopfloor.hub.store.sqlite import SqliteStore
 __all__ = [
     "AgentRow",
     "BatchResult",
+    "DataLossRow",
     "Incoming",
     "Interval",
     "MachineRow",
@@ -30,6 +33,7 @@ __all__ = [
     "StateSource",
     "StatusUpdate",
     "Store",
+    "StreamLag",
     "WriteBatch",
     "machine_key",
 ]

@@ -34,6 +34,12 @@ class Incoming:
     received_at: int  # hub clock, epoch ms
     #: Delivered from the broker's retained store (old news), not live from the agent.
     retained: bool = False
+    #: None when the agent's ``ts`` was believed; ``"corrected"`` when ``envelope.ts`` was
+    #: replaced by mono + the agent's estimated clock offset; ``"flagged"`` when it was
+    #: replaced by ``received_at`` (no offset known). See docs/contract.md "Clock sanity".
+    clock: str | None = None
+    #: The ``ts`` the agent sent, when ``clock`` is set.
+    agent_ts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,30 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamLag:
+    """A stream whose contiguous seq is below the highest seq seen: a gap, or a reorder."""
+
+    agent: str
+    stream: str
+    contiguous_seq: int
+    max_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataLossRow:
+    """Seqs an agent declared it will never send (its ``data_loss`` event)."""
+
+    agent: str
+    stream: str
+    from_seq: int
+    to_seq: int
+    reason: str
+    #: How many seqs of the range were not stored when the declaration arrived.
+    missing: int
+    received_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Interval:
     state: MachineState
     detail: str
@@ -93,6 +123,22 @@ class Interval:
     @property
     def duration_ms(self) -> int:
         return self.end - self.start
+
+
+class TimeWindow(Protocol):
+    """A window to sum time in state over: [start, end) of one machine, named by ``id``."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def start(self) -> int: ...
+
+    @property
+    def end(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +206,31 @@ class Store(Protocol):
         """(contiguous_seq, max_seq) of one stream, or None if never seen."""
         ...
 
+    async def lagging_streams(self) -> list[StreamLag]:
+        """Every stream whose contiguous seq is below its max seq."""
+        ...
+
+    async def data_losses(self, agent: str | None = None) -> list[DataLossRow]:
+        """The declared data losses (of one agent, or all), oldest first."""
+        ...
+
+    async def agent_sites(self) -> dict[str, str]:
+        """Every agent the store knows (from records or statuses), with its site."""
+        ...
+
     async def state_intervals(
         self, key: str, from_ms: int, to_ms: int, *, now_ms: int
     ) -> list[Interval]:
         """Contiguous intervals covering [from_ms, min(to_ms, now_ms)); no data = OFFLINE."""
+        ...
+
+    async def time_in_state(
+        self, windows: Sequence[TimeWindow], *, now_ms: int, heartbeat_gap_ms: int | None = None
+    ) -> dict[int, dict[MachineState, int]]:
+        """Per window id: milliseconds in each state over [start, min(end, now_ms)), summed
+        inside the database from the state rows ordered by ts; no data = OFFLINE. With
+        ``heartbeat_gap_ms``, hub-sourced OFFLINE rows inside an unbroken run of agent rows
+        (no two more than that apart) are ignored."""
         ...
 
     async def machines(self) -> list[MachineRow]: ...

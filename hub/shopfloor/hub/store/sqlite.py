@@ -18,11 +18,12 @@ from typing import Any, Final
 
 import aiosqlite
 
-from shopfloor.contract import MachineState, RecordKind
+from shopfloor.contract import MachineState, RecordKind, parse_data_loss
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import (
     AgentRow,
     BatchResult,
+    DataLossRow,
     Incoming,
     Interval,
     MachineRow,
@@ -31,6 +32,8 @@ from shopfloor.hub.store.base import (
     StateRow,
     StateSource,
     StatusUpdate,
+    StreamLag,
+    TimeWindow,
     WriteBatch,
     machine_key,
 )
@@ -118,6 +121,27 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         ) STRICT;
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE records ADD COLUMN clock TEXT
+            CHECK (clock IS NULL OR clock IN ('corrected', 'flagged'));
+        ALTER TABLE records ADD COLUMN agent_ts INTEGER;
+
+        CREATE TABLE data_loss (
+            id INTEGER PRIMARY KEY,
+            agent TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            from_seq INTEGER NOT NULL,
+            to_seq INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            missing INTEGER NOT NULL,
+            declared_seq INTEGER NOT NULL,
+            received_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX data_loss_stream ON data_loss (agent, stream, from_seq);
+        """,
+    ),
 )
 
 #: Time in state, computed in SQL: each change lasts until the next (lead), clipped to the
@@ -150,9 +174,61 @@ ORDER BY ts, id
 """
 
 
+#: Time in state per window, for many windows (of one or many machines) in one query.
+#: ``:windows`` is a JSON array of [id, machine_key, start, end] (end already clipped to now).
+#: Per window: the last row at or before its start is carried in, each row lasts until the
+#: next by (ts, id) (lead), every segment is clipped to the window and summed per state.
+#: Each window is its own correlated subquery over the (machine_key, ts) index, so lead()
+#: runs in index order without a sort (3x faster than one lead() partitioned over a join).
+#: The answer per window is a JSON object {state: ms}; the time no row covers (before the
+#: machine's first data) is OFFLINE, added by the caller. Nothing is cached: a late
+#: (replayed) row changes the answer of every window it falls in on the next query.
+#:
+#: A hub-sourced OFFLINE row (agent lost, data stale) is void when the agent's own rows
+#: show it kept observing: its previous and next agent-sourced rows are at most ``:gap`` ms
+#: apart (the agent heartbeats its state; a replay after an outage brings those rows). A
+#: negative ``:gap`` never voids.
+_VOID_SQL: Final = """
+    ({x}.source = 'hub' AND {x}.state = 'OFFLINE' AND :gap >= 0 AND coalesce(
+     (SELECT n.ts FROM state_changes n WHERE n.machine_key = {x}.machine_key
+        AND n.ts > {x}.ts AND n.source = 'agent' ORDER BY n.ts LIMIT 1)
+     - (SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
+        AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= :gap, 0))
+"""
+_TIME_IN_STATE_SQL: Final = """
+WITH w AS MATERIALIZED (
+    SELECT json_extract(value, '$[0]') AS wid, json_extract(value, '$[1]') AS key,
+           json_extract(value, '$[2]') AS s, json_extract(value, '$[3]') AS e
+    FROM json_each(:windows)
+),
+lo AS MATERIALIZED (
+    SELECT wid, key, s, e,
+           coalesce((SELECT x.ts FROM state_changes x
+                     WHERE x.machine_key = w.key AND x.ts <= w.s AND NOT {void_x}
+                     ORDER BY x.ts DESC LIMIT 1), w.s) AS lo
+    FROM w
+)
+SELECT lo.wid, lo.e - lo.s, (
+    SELECT json_group_object(state, ms) FROM (
+        SELECT state, sum(max(0, min(coalesce(next_ts, lo.e), lo.e) - max(ts, lo.s))) AS ms
+        FROM (
+            SELECT c.state, c.ts, lead(c.ts) OVER (ORDER BY c.ts, c.id) AS next_ts
+            FROM state_changes c
+            WHERE c.machine_key = lo.key AND c.ts >= lo.lo AND c.ts < lo.e
+              AND NOT {void_c}
+        )
+        GROUP BY state
+    )
+)
+FROM lo
+""".replace("{void_x}", _VOID_SQL.replace("{x}", "x")).replace(
+    "{void_c}", _VOID_SQL.replace("{x}", "c")
+)  # only constant SQL fragments are joined; every value is bound
+
+
 _INSERT_RECORDS_SQL: Final = (
-    "INSERT INTO records (agent, stream, seq, machine, kind, ts, mono, received_at, replay, body)"
-    " VALUES {values} ON CONFLICT DO NOTHING RETURNING agent, stream, seq"
+    "INSERT INTO records (agent, stream, seq, machine, kind, ts, mono, received_at, replay, body,"
+    " clock, agent_ts) VALUES {values} ON CONFLICT DO NOTHING RETURNING agent, stream, seq"
 )
 
 
@@ -308,6 +384,7 @@ class SqliteStore:
             if i.envelope.kind is RecordKind.STATE
         ]
         await self._insert_states(conn, [*agent_states, *batch.states])
+        await self._insert_data_losses(conn, new)
         watermarks = await self._advance_streams(conn, batch.records)
         applied = [s for s in batch.statuses if await self._apply_status(conn, s)]
         await self._insert_rejections(conn, batch.rejections)
@@ -338,9 +415,11 @@ class SqliteStore:
                     inc.received_at,
                     int(e.replay),
                     _dumps(e.body),
+                    inc.clock,
+                    inc.agent_ts,
                 ]
             # Only placeholders are joined into the SQL; every value is bound.
-            values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?)"] * len(chunk))
             sql = _INSERT_RECORDS_SQL.replace("{values}", values)
             async with conn.execute(sql, params) as cur:
                 inserted.update((a, s, q) for a, s, q in await cur.fetchall())
@@ -412,6 +491,43 @@ class SqliteStore:
             [(r.machine_key, r.ts, str(r.state), r.detail, str(r.source)) for r in rows],
         )
 
+    async def _insert_data_losses(
+        self, conn: aiosqlite.Connection, new: Sequence[Incoming]
+    ) -> None:
+        """Record every newly stored ``data_loss`` event's ranges (its own stream only)."""
+        for inc in new:
+            e = inc.envelope
+            if e.kind is not RecordKind.EVENT:
+                continue
+            loss = parse_data_loss(e.body)
+            if loss is None or loss.stream != e.stream:
+                continue
+            for first, last in loss.ranges:
+                if first >= e.seq:
+                    continue  # an agent cannot declare seqs after its own declaration
+                last = min(last, e.seq - 1)  # noqa: PLW2901 - clipped in place
+                async with conn.execute(
+                    "SELECT count(*) FROM records WHERE agent = ? AND stream = ?"
+                    " AND seq BETWEEN ? AND ?",
+                    (e.agent, e.stream, first, last),
+                ) as cur:
+                    row = await cur.fetchone()
+                stored = int(row[0]) if row else 0
+                await conn.execute(
+                    "INSERT INTO data_loss (agent, stream, from_seq, to_seq, reason, missing,"
+                    " declared_seq, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        e.agent,
+                        e.stream,
+                        first,
+                        last,
+                        loss.reason,
+                        last - first + 1 - stored,
+                        e.seq,
+                        inc.received_at,
+                    ),
+                )
+
     async def _advance_streams(
         self, conn: aiosqlite.Connection, records: Sequence[Incoming]
     ) -> dict[str, dict[str, int]]:
@@ -432,6 +548,25 @@ class SqliteStore:
             ) as cur:
                 row = await cur.fetchone()
             contiguous = int(row[0]) if row else 0
+            moved = await self._contiguous_from(conn, agent, stream, contiguous)
+            if moved != contiguous:
+                await conn.execute(
+                    "UPDATE stream_progress SET contiguous_seq = ? WHERE agent = ? AND stream = ?",
+                    (moved, agent, stream),
+                )
+        out: dict[str, dict[str, int]] = {}
+        for agent in {a for a, _ in top}:
+            async with conn.execute(
+                "SELECT stream, contiguous_seq FROM stream_progress WHERE agent = ?", (agent,)
+            ) as cur:
+                out[agent] = {s: int(c) for s, c in await cur.fetchall()}
+        return out
+
+    async def _contiguous_from(
+        self, conn: aiosqlite.Connection, agent: str, stream: str, contiguous: int
+    ) -> int:
+        """Advance ``contiguous`` over stored seqs and over ranges declared lost."""
+        while True:
             # The run that starts right after the watermark ends at the first seq whose
             # successor is missing; if the next seq itself is missing, nothing moves.
             async with conn.execute(
@@ -445,17 +580,19 @@ class SqliteStore:
             ) as cur:
                 row = await cur.fetchone()
             if row is not None:
-                await conn.execute(
-                    "UPDATE stream_progress SET contiguous_seq = ? WHERE agent = ? AND stream = ?",
-                    (int(row[0]), agent, stream),
-                )
-        out: dict[str, dict[str, int]] = {}
-        for agent in {a for a, _ in top}:
+                contiguous = int(row[0])
+                continue
+            # A range the agent declared lost counts as filled.
             async with conn.execute(
-                "SELECT stream, contiguous_seq FROM stream_progress WHERE agent = ?", (agent,)
+                "SELECT max(to_seq) FROM data_loss WHERE agent = :a AND stream = :s"
+                " AND from_seq <= :c + 1 AND to_seq >= :c + 1",
+                {"a": agent, "s": stream, "c": contiguous},
             ) as cur:
-                out[agent] = {s: int(c) for s, c in await cur.fetchall()}
-        return out
+                row = await cur.fetchone()
+            if row is not None and row[0] is not None:
+                contiguous = int(row[0])
+                continue
+            return contiguous
 
     async def _apply_status(self, conn: aiosqlite.Connection, update: StatusUpdate) -> bool:
         """Record an agent status unless it is from an older boot than the one we know."""
@@ -519,6 +656,33 @@ class SqliteStore:
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else None
 
+    async def lagging_streams(self) -> list[StreamLag]:
+        async with self._r.execute(
+            "SELECT agent, stream, contiguous_seq, max_seq FROM stream_progress"
+            " WHERE contiguous_seq < max_seq ORDER BY agent, stream"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [StreamLag(a, s, int(c), int(m)) for a, s, c, m in rows]
+
+    async def data_losses(self, agent: str | None = None) -> list[DataLossRow]:
+        async with self._r.execute(
+            "SELECT agent, stream, from_seq, to_seq, reason, missing, received_at FROM data_loss"
+            " WHERE :a IS NULL OR agent = :a ORDER BY id",
+            {"a": agent},
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            DataLossRow(a, s, int(f), int(t), str(r), int(m), int(at))
+            for a, s, f, t, r, m, at in rows
+        ]
+
+    async def agent_sites(self) -> dict[str, str]:
+        async with self._r.execute(
+            "SELECT agent, site FROM machines UNION SELECT id, site FROM agents"
+        ) as cur:
+            rows = await cur.fetchall()
+        return {str(a): str(s) for a, s in rows}
+
     async def state_intervals(
         self, key: str, from_ms: int, to_ms: int, *, now_ms: int
     ) -> list[Interval]:
@@ -530,6 +694,39 @@ class SqliteStore:
         ) as cur:
             rows = await cur.fetchall()
         return [Interval(MachineState(s), str(d), int(f), int(t)) for s, d, f, t, _, _ in rows]
+
+    async def time_in_state(
+        self, windows: Sequence[TimeWindow], *, now_ms: int, heartbeat_gap_ms: int | None = None
+    ) -> dict[int, dict[MachineState, int]]:
+        """Milliseconds in each state per window, summed in SQL (see ``_TIME_IN_STATE_SQL``).
+
+        Each window is clipped to ``now_ms``; its states sum to exactly its clipped length
+        (time without data is OFFLINE). Windows that are empty after clipping are absent.
+        With ``heartbeat_gap_ms``, a hub-sourced OFFLINE row is ignored when the agent's own
+        rows around it are at most that far apart (it kept observing; a replay proved it)."""
+        spans = [
+            [w.id, w.key, w.start, min(w.end, now_ms)]
+            for w in windows
+            if min(w.end, now_ms) > w.start
+        ]
+        out: dict[int, dict[MachineState, int]] = {}
+        if not spans:
+            return out
+        async with self._r.execute(
+            _TIME_IN_STATE_SQL,
+            {
+                "windows": json.dumps(spans, separators=(",", ":")),
+                "gap": -1 if heartbeat_gap_ms is None else heartbeat_gap_ms,
+            },
+        ) as cur:
+            rows = await cur.fetchall()
+        for wid, length, sums in rows:
+            per = {MachineState(k): int(v) for k, v in json.loads(sums or "{}").items() if v}
+            unknown = int(length) - sum(per.values())  # before the first data: OFFLINE
+            if unknown:
+                per[MachineState.OFFLINE] = per.get(MachineState.OFFLINE, 0) + unknown
+            out[int(wid)] = per
+        return out
 
     async def machines(self) -> list[MachineRow]:
         async with self._r.execute(

@@ -4,6 +4,11 @@
 //   GET api/v1/machines  -> {"machines": [MachineView, ...]}   full list, on load, on every
 //                           (re)connect of the stream and every 60 s as a safety net
 //   GET api/v1/events    -> server-sent events, `event: machine` + `data: <MachineView JSON>`
+//   GET api/v1/utilization?limit=200[&offset=…]
+//                        -> today so far (site time zone) per machine: `total.utilization_planned`
+//                           (of planned shift time) or `total.utilization` (of the elapsed day
+//                           when the machine has no shift) with `total.coverage`; on load and
+//                           every 60 s. A hub without the endpoint leaves the line empty.
 //
 // URL parameters of the page itself:
 //   ?token=...   bearer token: sent as `Authorization: Bearer` to api/v1/machines and as
@@ -21,6 +26,10 @@
   const RETRY_MIN_MS = 1000;
   const RETRY_MAX_MS = 30000;
   const REFETCH_EVERY_MS = 60000;
+  const UTILIZATION_EVERY_MS = 60000;
+  const UTILIZATION_PAGE = 200;
+  // Below this share of observed time the coverage is shown in the warning colour.
+  const LOW_COVERAGE = 0.9;
   const FETCH_TIMEOUT_MS = 10000;
   const BANNER_AFTER_MS = 10000;
   // A stream stuck "connecting" this long (a proxy that accepts and never answers) is
@@ -45,6 +54,8 @@
 
   /** id -> {view, seq, tile, els, key} */
   const machines = new Map();
+  /** id -> today's `total` figures from api/v1/utilization */
+  const utilization = new Map();
   let eventSeq = 0; // bumps on every stream event; lets a slow full fetch lose to newer events
   let skewMs = 0;
   let source = null;
@@ -112,6 +123,10 @@
       programName: q("program-name"),
       detail: q("detail"),
       seen: q("seen"),
+      util: q("util"),
+      utilValue: q("util-value"),
+      utilBasis: q("util-basis"),
+      utilCoverage: q("util-coverage"),
     };
     return { tile, els };
   }
@@ -153,7 +168,35 @@
     setAttr(els.programName, "title", v.program ? String(v.program) : null);
     // The program line keeps its place when empty, so the bands of a row line up.
     setAttr(els.program, "data-empty", v.program ? null : "true");
+    renderUtilization(entry);
     tick(entry, now());
+  }
+
+  const percent = (x) => `${Math.round(x * 100)} %`;
+
+  /** "Today 62 % of shift · 96 % seen" (or "of day" for a machine without a shift). */
+  function renderUtilization(entry) {
+    const { els } = entry;
+    const f = utilization.get(entry.view.id);
+    const planned = f && f.planned_ms > 0 && typeof f.utilization_planned === "number";
+    const value = !f ? null : planned ? f.utilization_planned : f.utilization;
+    if (typeof value !== "number") {
+      setAttr(els.util, "data-empty", "true");
+      return;
+    }
+    setText(els.utilValue, percent(value));
+    setText(els.utilBasis, planned ? "of shift" : "of day");
+    const coverage = typeof f.coverage === "number" ? f.coverage : null;
+    setText(els.utilCoverage, coverage === null ? "" : ` · ${percent(coverage)} seen`);
+    setAttr(els.util, "data-low-coverage", coverage !== null && coverage < LOW_COVERAGE ? "true" : null);
+    setAttr(
+      els.util,
+      "title",
+      planned
+        ? "Productive share of today's planned shift time so far; 'seen' is the share of time with data."
+        : "Productive share of today so far (no shift planned); 'seen' is the share of time with data.",
+    );
+    setAttr(els.util, "data-empty", null);
   }
 
   /** The parts of a tile that change with time alone. */
@@ -354,6 +397,38 @@
     }
   }
 
+  /** Today's utilization of every machine, page by page; failures leave the last figures. */
+  async function fetchUtilization() {
+    const headers = { Accept: "application/json" };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    const fresh = new Map();
+    let offset = 0;
+    try {
+      for (let pages = 0; pages < 50 && offset !== null; pages += 1) {
+        const controller = new AbortController();
+        const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+        let resp;
+        try {
+          const url = `api/v1/utilization?limit=${UTILIZATION_PAGE}&offset=${offset}`;
+          resp = await fetch(url, { headers, cache: "no-store", signal: controller.signal });
+        } finally {
+          clearTimeout(timer);
+        }
+        if (!resp.ok) return;
+        const body = await resp.json();
+        for (const m of Array.isArray(body.machines) ? body.machines : []) {
+          if (m && typeof m.machine === "string" && m.total) fresh.set(m.machine, m.total);
+        }
+        offset = typeof body.next_offset === "number" ? body.next_offset : null;
+      }
+    } catch (err) {
+      return; // the hub is unreachable: the stream's own handling reports it
+    }
+    utilization.clear();
+    for (const [id, f] of fresh) utilization.set(id, f);
+    for (const entry of machines.values()) renderUtilization(entry);
+  }
+
   function learnSkew(dateHeader, sentAt) {
     const server = Date.parse(dateHeader || "");
     if (!Number.isFinite(server)) return;
@@ -434,11 +509,13 @@
       setInterval(everySecond, 1000);
     }, 1000 - (Date.now() % 1000));
     setInterval(refetch, REFETCH_EVERY_MS);
+    setInterval(fetchUtilization, UTILIZATION_EVERY_MS);
     window.addEventListener("resize", layout);
     PHONE.addEventListener("change", layout);
     document.addEventListener("visibilitychange", keepAwake);
     keepAwake();
     refetch();
+    fetchUtilization();
     connect();
   }
 

@@ -1,0 +1,1 @@
+"""Pure calculators: shift calendars, buckets, utilization. No FastAPI, no MQTT, no clock."""
