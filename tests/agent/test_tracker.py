@@ -279,3 +279,10 @@ def test_job_events_travel_as_events_and_show_in_the_snapshot() -> None:
     assert kinds(out) == [RecordKind.EVENT, RecordKind.STATE]
     assert bodies(out, RecordKind.STATE)[0]["job"] is None
     assert tracker.snapshot()["program"] == "sign.nc"
+
+
+def test_phase_ends_with_the_firing() -> None:
+    tracker = MachineTracker("kiln")
+    tracker.update(Reading(WALL0, 0, Obs.REPORTS_RUNNING, "Run", phase="cooling"))
+    (state,) = bodies(tracker.update(reading(100, Obs.REPORTS_IDLE, "stopped")), RecordKind.STATE)
+    assert state["phase"] is None

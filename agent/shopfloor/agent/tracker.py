@@ -36,6 +36,7 @@ _REPORTS: Final = frozenset(
 #: hub's ``stale_after_s`` (default 60 s).
 HEARTBEAT_MS: Final = 15_000
 
+
 class MachineTracker:
     """Turns one machine's readings, events and device info into :class:`Record` objects.
 
@@ -145,6 +146,8 @@ class MachineTracker:
                 out.append(self._alarm_cleared(ts, mono))
             if new_state is not self.state:
                 self.since_ms = ts
+                if new_state is not MachineState.RUNNING:
+                    self.phase = None  # a phase (heating, soaking...) belongs to a running firing
             self.state = new_state
             self.detail = detail
             out.append(self._state_record(ts, mono))

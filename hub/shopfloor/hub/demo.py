@@ -18,7 +18,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +29,12 @@ from shopfloor.hub.config import load_config as load_hub_config
 from shopfloor.hub.errors import HubError
 from shopfloor.hub.service import HubServer, build_server
 from shopfloor.sim.grbl import GrblSimConfig, run_grbl_sim
+from shopfloor.sim.haas.config import HaasSimConfig
+from shopfloor.sim.haas.runner import run_haas_sim
+from shopfloor.sim.kiln.config import KilnSimConfig
+from shopfloor.sim.kiln.runner import run_kiln_sim
+from shopfloor.sim.marlin.config import MarlinSimConfig
+from shopfloor.sim.marlin.runner import run_marlin_sim
 
 log = logging.getLogger("shopfloor.demo")
 
@@ -38,18 +44,41 @@ DEFAULT_API_PORT: Final = 8470
 
 @dataclass(frozen=True, slots=True)
 class DemoMachine:
+    """One simulated machine: how the agent's config reads it, and how it is simulated."""
+
     id: str
     name: str
     kind: str
     agent: str
+    protocol: str = "grbl"
     laser: bool = False
     line_numbers: bool = False
+    #: Lines for the machine's ``[machines.options]`` table in the agent's config.
+    options: tuple[str, ...] = ()
 
 
 MACHINES: Final = (
     DemoMachine("router-1", "Router 1", "cnc_router", agent="pi-wood"),
     DemoMachine("router-2", "Router 2", "cnc_router", agent="pi-wood", line_numbers=True),
     DemoMachine("laser", "Laser", "laser", agent="pi-laser", laser=True),
+    DemoMachine(
+        "mill",
+        "Haas mill",
+        "cnc_mill",
+        agent="pi-metal",
+        protocol="haas",
+        options=("parts_required_variable = 500",),
+    ),
+    DemoMachine(
+        "kiln",
+        "Kiln",
+        "kiln",
+        agent="pi-ceramics",
+        protocol="modbus_kiln",
+        # At 600x a soak lasts seconds, so the set point trend is judged over one second.
+        options=('profile = "cn7500"', 'schedule = "cone6-glaze"', "trend_window_s = 1"),
+    ),
+    DemoMachine("printer", "Printer", "printer_3d", agent="pi-laser", protocol="marlin"),
 )
 
 
@@ -113,6 +142,9 @@ async def _mosquitto(exe: str, folder: Path) -> AsyncIterator[Broker]:
         str(conf),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        # Its own session: Ctrl-C in the terminal signals the whole foreground group, and
+        # the broker must outlive the agents and the hub, which say goodbye through it.
+        start_new_session=True,
     )
     try:
         await _wait_for_port(port)
@@ -186,10 +218,15 @@ def write_configs(folder: Path, broker: Broker, api_port: int) -> tuple[Path, li
         lines.extend(
             (
                 f'[[machines]]\nid = "{machine.id}"\nname = "{machine.name}"\n'
-                f'kind = "{machine.kind}"\nprotocol = "grbl"\n'
+                f'kind = "{machine.kind}"\nprotocol = "{machine.protocol}"\n'
                 f'port = "pty:{_pty_path(folder, machine)}"\n'
                 f"laser_mode = {'true' if machine.laser else 'false'}\n"
                 "telemetry_interval_s = 2.0\n"
+                + (
+                    "[machines.options]\n" + "\n".join(machine.options) + "\n"
+                    if machine.options
+                    else ""
+                )
             )
             for machine in MACHINES
             if machine.agent == agent
@@ -204,13 +241,35 @@ def _pty_path(folder: Path, machine: DemoMachine) -> Path:
     return folder / "ports" / f"tty-{machine.id}"
 
 
-def _sim_config(machine: DemoMachine, time_scale: float, seed: int) -> GrblSimConfig:
-    return GrblSimConfig(
-        laser=machine.laser,
-        line_numbers=machine.line_numbers,
-        time_scale=time_scale,
-        demo_loop=True,
-        seed=seed,
+def _simulate(
+    machine: DemoMachine, path: Path, time_scale: float, seed: int
+) -> Coroutine[Any, Any, None]:
+    """The simulator for ``machine``, running jobs in a loop on the pseudo-terminal ``path``."""
+    if machine.protocol == "haas":
+        return run_haas_sim(HaasSimConfig(cycle_s=80.0 / time_scale, parts_required=10), path)
+    if machine.protocol == "modbus_kiln":
+        # 600x: a cone-6 glaze firing (about 13 h) takes a minute and a half.
+        return run_kiln_sim(KilnSimConfig(time_scale=600.0, repeat_after_s=10.0), path)
+    if machine.protocol == "marlin":
+        return run_marlin_sim(
+            MarlinSimConfig(
+                file_name="bracket.gcode",
+                print_s=600.0,
+                auto_start=True,
+                time_scale=time_scale * 2,
+                seed=seed,
+            ),
+            path,
+        )
+    return run_grbl_sim(
+        GrblSimConfig(
+            laser=machine.laser,
+            line_numbers=machine.line_numbers,
+            time_scale=time_scale,
+            demo_loop=True,
+            seed=seed,
+        ),
+        path,
     )
 
 
@@ -251,7 +310,7 @@ async def run_demo(
             async with asyncio.TaskGroup() as tg:
                 sims = [
                     tg.create_task(
-                        run_grbl_sim(_sim_config(m, time_scale, i), _pty_path(folder, m)),
+                        _simulate(m, _pty_path(folder, m), time_scale, i),
                         name=f"demo.sim:{m.id}",
                     )
                     for i, m in enumerate(MACHINES)
@@ -290,7 +349,8 @@ def prepare_folder(folder: Path) -> Path:
 def _print_banner(port: int, broker: Broker, folder: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     print(
-        "\nShopfloor demo is running: 3 simulated machines, 2 agents, 1 hub.\n"
+        f"\nShopfloor demo is running: {len(MACHINES)} simulated machines, "
+        f"{len({m.agent for m in MACHINES})} agents, 1 hub.\n"
         f"  Wall page  {base}/wall\n"
         f"  API        {base}/api/v1/machines   (interactive docs: {base}/docs)\n"
         f"  MQTT       {broker.url}   ({broker.kind}, private to the demo)\n"
@@ -322,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv or []))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    logging.getLogger("gmqtt").setLevel(logging.ERROR)  # its reconnect chatter is ours to log
     folder = prepare_folder(args.data_dir)
     try:
         asyncio.run(
