@@ -33,3 +33,15 @@ def test_example_decodes(kind: str, text: str) -> None:
         assert decode_status(payload).agent
     else:
         assert decode_ack(payload).streams
+
+
+def test_every_api_path_is_on_the_api_page() -> None:
+    from shopfloor.hub.api.app import create_app
+    from shopfloor.hub.config import parse_config
+
+    page = (DOC.parent / "api.md").read_text()
+    spec = create_app(parse_config('[hub]\nsite = "s"\n')).openapi()
+    # The page writes path parameters as {id}.
+    paths = [path.replace("{machine_id}", "{id}") for path in spec["paths"]]
+    missing = [path for path in paths if f"`GET {path}" not in page]
+    assert not missing, f"docs/api.md does not mention: {missing}"
