@@ -15,68 +15,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from e2e_support import SITE, wait_until
 from playwright.async_api import Browser, expect
 
 from shopfloor.hub.api.app import create_app
-from shopfloor.hub.config import parse_config
-from shopfloor.hub.runtime import Hub, open_hub
+from shopfloor.hub.runtime import Hub
 from shopfloor.sim.grbl import GrblMachine, GrblSimConfig, PtyRunner
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
-SITE = "e2e-shop"
 PROGRAM = (
     ["G21 G90", "G0 X0 Y0", "M3 S12000"]
     + [f"G1 X{10 + (i % 2) * 60} Y{i * 2} F1500" for i in range(30)]
     + ["M5", "G0 X0 Y0", "M30"]
 )
-
-
-async def wait_until(
-    check: Callable[[], Any], what: str, *, timeout_s: float = 15.0, step_s: float = 0.1
-) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    last: Any = None
-    while loop.time() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
-
-
-@pytest.fixture
-async def hub(tmp_path: Path, topic_root: str, mqtt_url: str) -> AsyncIterator[Hub]:
-    config = parse_config(
-        f'[hub]\nsite = "{SITE}"\ntopic_root = "{topic_root}"\ndata_dir = "{tmp_path / "hub"}"\n'
-        "stale_after_s = 60\n"
-        f'[mqtt]\nurl = "{mqtt_url}"\nclient_id = "hub-{topic_root.split("/", maxsplit=1)[0]}"\n'
-        "session_expiry_s = 60\n",
-        source="hub.toml",
-    )
-    async with open_hub(config, stale_check_s=0.5) as running:
-        assert running.ingest is not None
-        await asyncio.wait_for(running.ingest.wait_connected(), 10)
-        yield running
-
-
-@pytest.fixture
-async def api(hub: Hub) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(hub.config, hub=hub)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://hub") as client:
-        yield client
 
 
 def start_agent(

@@ -79,6 +79,7 @@ async def test_machines_list_get_and_unknown(
         "since",
         "last_seen",
         "program",
+        "phase",
         "job",
         "alarm",
         "online",

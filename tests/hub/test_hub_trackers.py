@@ -142,6 +142,7 @@ async def test_view_json_has_exactly_the_wall_shape(env: EnvFactory) -> None:
         "since": 10,
         "last_seen": 20,
         "program": "O1",
+        "phase": None,
         "job": None,
         "alarm": None,
         "online": True,
@@ -186,3 +187,43 @@ async def test_retained_data_of_an_offline_agent_is_not_a_sign_of_life(env: EnvF
     view = trackers.get("cnc-1")
     assert view is not None
     assert (view.state, view.online) == (MachineState.RUNNING, True)
+
+
+async def test_job_progress_and_phase_show_in_the_view_and_late_events_do_not_rewind(
+    env: EnvFactory,
+) -> None:
+    trackers = Trackers(stale_after_ms=30_000)
+
+    def event(seq: int, ts: int, body: dict[str, object]) -> Incoming:
+        return inc(env(RecordKind.EVENT, seq=seq, ts=ts, machine="kiln", body=body), ts)
+
+    state = {"state": "RUNNING", "since": 1_000, "phase": "heating", "alarm": None}
+    trackers.apply(batch(inc(env(seq=1, ts=1_000, machine="kiln", body=state), 1_000)))
+    start = {"event": "job_started", "job": "f1", "program": "cone6", "unit": "seconds"}
+    trackers.apply(batch(event(2, 1_100, {**start, "total": 46_800})))
+    progress = {"event": "job_progress", "job": "f1", "done": 3_600, "segment": 2}
+    trackers.apply(batch(event(3, 2_000, progress)))
+    view = trackers.get("kiln")
+    assert view is not None
+    assert view.phase == "heating"
+    assert view.to_json()["job"] == {
+        "job": "f1",
+        "program": "cone6",
+        "unit": "seconds",
+        "total": 46_800,
+        "done": 3_600,
+        "started": 1_100,
+        "segment": 2,
+    }
+    # A replayed older progress event does not move the job backwards...
+    trackers.apply(batch(event(4, 1_500, {**progress, "done": 100})))
+    view = trackers.get("kiln")
+    assert view is not None
+    assert view.job is not None
+    assert view.job["done"] == 3_600
+    # ... progress for another job is ignored, and the end clears it.
+    trackers.apply(batch(event(5, 2_100, {**progress, "job": "zz", "done": 9})))
+    trackers.apply(batch(event(6, 2_200, {"event": "job_ended", "job": "f1"})))
+    view = trackers.get("kiln")
+    assert view is not None
+    assert view.job is None

@@ -59,7 +59,10 @@ class MachineView:
     program: str | None
     alarm: Alarm | None
     online: bool
-    job: None = None  # jobs come later; always null for now
+    #: The job in progress as the agent last told it (snapshot, then progress events).
+    job: Mapping[str, Any] | None = None
+    #: A kiln's firing phase (heating, soaking, cooling) while it runs.
+    phase: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +77,8 @@ class MachineView:
             "since": self.since,
             "last_seen": self.last_seen,
             "program": self.program,
-            "job": None,
+            "phase": self.phase,
+            "job": dict(self.job) if self.job is not None else None,
             "alarm": self.alarm.to_json() if self.alarm else None,
             "online": self.online,
         }
@@ -102,6 +106,9 @@ class MachineTracker:
     reported_since: int = 0
     reported_ts: int = -1
     program: str | None = None
+    phase: str | None = None
+    job: dict[str, Any] | None = None
+    job_ts: int = -1
     alarm: Alarm | None = None
     last_seen: int | None = None
     agent_online: bool = True
@@ -128,6 +135,10 @@ class MachineTracker:
             program=self.program,
             alarm=self.alarm,
             online=self.agent_online,
+            # An OFFLINE machine's job is unknown until it reports again; keep it, the
+            # agent's next snapshot says whether it is still running.
+            job=self.job,
+            phase=None if self.offline else self.phase,
         )
 
     def apply_state(self, ts: int, body: Mapping[str, Any]) -> None:
@@ -142,6 +153,11 @@ class MachineTracker:
         )
         program = body.get("program")
         self.program = program if isinstance(program, str) and program else None
+        self.phase = _str(body.get("phase"))
+        if "job" in body and ts >= self.job_ts:
+            job = body["job"]
+            self.job = _job(job) if isinstance(job, Mapping) else None
+            self.job_ts = ts
         if "alarm" in body:
             self.alarm = _alarm(body["alarm"])
 
@@ -150,16 +166,38 @@ class MachineTracker:
         self.protocol = _str(body.get("protocol"))
         self.name = _str(body.get("name")) or self.machine
 
-    def apply_event(self, body: Mapping[str, Any]) -> None:
+    def apply_event(self, ts: int, body: Mapping[str, Any]) -> None:
         event = body.get("event")
         if event == "alarm_raised":
             self.alarm = _alarm(body) or Alarm(None, "")
         elif event == "alarm_cleared":
             self.alarm = None
+        elif isinstance(event, str) and event.startswith("job_") and ts >= self.job_ts:
+            self._apply_job_event(ts, event, body)
+
+    def _apply_job_event(self, ts: int, event: str, body: Mapping[str, Any]) -> None:
+        """Live job progress between snapshots; older (replayed) job events are ignored."""
+        if event == "job_started":
+            self.job = _job({**body, "done": 0, "started": ts})
+        elif self.job is None or body.get("job") != self.job.get("job"):
+            return
+        elif event == "job_progress":
+            self.job.update(_job(body))
+        elif event == "job_ended":
+            self.job = None
+        self.job_ts = ts
 
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+_JOB_FIELDS: Final = ("job", "program", "unit", "total", "done", "started", "eta_s", "segment")
+
+
+def _job(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The job fields the view shows, from a snapshot's ``job`` or a job event's body."""
+    return {k: value[k] for k in _JOB_FIELDS if value.get(k) is not None}
 
 
 def _alarm(value: object) -> Alarm | None:
@@ -349,7 +387,7 @@ class Trackers:
         elif e.kind is RecordKind.META:
             t.apply_meta(e.body)
         elif e.kind is RecordKind.EVENT:
-            t.apply_event(e.body)
+            t.apply_event(e.ts, e.body)
         if inc.retained:
             # Old news from the broker's retained store, not a sign of life: a machine
             # first seen this way while its agent is known to be offline is OFFLINE.

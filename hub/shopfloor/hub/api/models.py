@@ -12,6 +12,19 @@ class AlarmModel(BaseModel):
     text: str
 
 
+class JobModel(BaseModel):
+    """One run of one program, with progress in the machine's own unit."""
+
+    job: str | None = Field(None, description="the agent's id for this run, unique per machine")
+    program: str | None = None
+    unit: str | None = Field(None, description="lines, bytes, parts or seconds")
+    total: float | None = Field(None, description="how many units make the whole job, if known")
+    done: float | None = Field(None, description="units done so far")
+    started: int | None = Field(None, description="epoch ms when the job started")
+    eta_s: float | None = Field(None, description="the machine's own estimate of time left")
+    segment: int | None = Field(None, description="a kiln's firing-schedule segment")
+
+
 class MachineViewModel(BaseModel):
     """One machine as the wall page and every other client see it."""
 
@@ -26,7 +39,8 @@ class MachineViewModel(BaseModel):
     since: int = Field(description="epoch ms since when the machine is in this state")
     last_seen: int | None = Field(description="epoch ms of the last data (hub clock)")
     program: str | None
-    job: None = None
+    phase: str | None = Field(None, description="a kiln's firing phase: heating, soaking, cooling")
+    job: JobModel | None = Field(None, description="the job in progress, if the machine says")
     alarm: AlarmModel | None
     online: bool = Field(description="whether the machine's agent is online")
 
