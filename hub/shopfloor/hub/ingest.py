@@ -16,6 +16,16 @@ expiry ``REPLAY_EXPIRY_S``), at most one per agent every ``replay_interval_s``. 
 
 Clock sanity (:mod:`shopfloor.hub.clock_sanity`): every envelope's ``ts`` is checked
 against the agent's monotonic clock; a bad one is corrected or flagged before storing.
+
+Back-pressure: at most ``max_pending`` messages, plus those in the ``READ_AHEAD_BYTES``
+already read from the socket, are held received but not yet acknowledged. The Receive
+Maximum sent in CONNECT is not enough: Mosquitto 2.0.11 honours it for live traffic, but
+for a session's queued backlog every PUBACK releases a whole window of messages instead of
+one, so a backlog of 50,000 arrived almost entirely before the first commit. So the hub
+bounds its own intake: with ``max_pending`` messages pending it pauses reading the socket
+(the broker keeps the rest; TCP stops it) and resumes when half of them are acknowledged.
+``pending``, ``pending_peak``, ``pending_limit`` and ``reads_paused`` are in
+``/api/v1/health``.
 """
 
 from __future__ import annotations
@@ -74,6 +84,10 @@ PUBACK_OK: Final = 0
 PUBACK_NOT_COMMITTED: Final = 0x80
 _MAX_BACKOFF_S: Final = 30.0
 _CONNECT_TIMEOUT_S: Final = 10.0
+#: How far past ``max_pending`` the intake can run, in bytes of messages: what was already
+#: read from the socket when reading paused is still handled (asyncio's StreamReader holds up
+#: to 128 KiB, one socket read brings up to 256 KiB, and one more may be parsed already).
+READ_AHEAD_BYTES: Final = 768 * 1024
 _NO_ANSWER_HINT: Final = (
     ' (no answer: if the broker speaks only MQTT 3.1.1, set [mqtt] protocol = "3.1.1")'
 )
@@ -83,6 +97,19 @@ Item = Incoming | StatusUpdate | Rejection
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def socket_transport(client: Any) -> asyncio.ReadTransport | None:
+    """The transport under a gmqtt client's current connection, or None when not connected.
+
+    The one reach into gmqtt internals for flow control (gmqtt 0.8 has no API to stop
+    reading): ``Client._connection`` is its ``MQTTConnection``, whose ``_transport`` is the
+    asyncio transport it reads PUBLISH packets from. If gmqtt renames either, this returns
+    None, the hub logs it once and cannot pause; ``tests/hub/test_hub_backlog.py`` fails.
+    """
+    connection = getattr(client, "_connection", None)
+    transport = getattr(connection, "_transport", None)
+    return transport if isinstance(transport, asyncio.ReadTransport) else None
 
 
 class _Client(gmqtt.Client):  # type: ignore[misc]
@@ -158,6 +185,7 @@ class Ingest:
         replay_interval_s: float = 30.0,
         gap_check_s: float = 1.0,
         clock_sanity: ClockSanity | None = None,
+        max_pending: int = 1000,
     ) -> None:
         self.config = config
         self.store = store
@@ -186,6 +214,13 @@ class Ingest:
             self.counters[name] = 0
         self.rejected_by_reason: Counter[str] = Counter()
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue(maxsize=queue_size)
+        #: Messages received and not yet answered (PUBACK): reading stops at this many.
+        self.max_pending = max(2, max_pending)
+        self._pending = 0
+        self._pending_peak = 0
+        self._reads_paused = 0
+        self._paused: asyncio.ReadTransport | None = None  # the transport we paused
+        self._no_transport_logged = False
         self._closing = False
         self._client: _Client | None = None
         self._ack_dirty: dict[str, str] = {}  # agent -> site
@@ -212,11 +247,27 @@ class Ingest:
     def connected(self) -> bool:
         return self._client is not None and self._connected.is_set() and self._client.is_connected
 
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet acknowledged (their PUBACK not yet sent)."""
+        return self._pending
+
+    @property
+    def pending_peak(self) -> int:
+        """The most messages ever pending at once (a high-water mark)."""
+        return self._pending_peak
+
     def stats(self) -> IngestStats:
         return IngestStats(
             connected=self.connected,
             queue_depth=self._queue.qsize(),
-            counters=dict(self.counters),
+            counters={
+                **self.counters,
+                "pending": self._pending,
+                "pending_peak": self._pending_peak,
+                "pending_limit": self.max_pending,
+                "reads_paused": self._reads_paused,
+            },
             rejected_by_reason=dict(self.rejected_by_reason),
         )
 
@@ -381,10 +432,44 @@ class Ingest:
         self._connected.clear()
         self._subscribed.clear()
 
+    # -- flow control ------------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        client = self._client
+        transport = socket_transport(client) if client is not None else None
+        if transport is None:
+            if not self._no_transport_logged and client is not None and client.is_connected:
+                self._no_transport_logged = True
+                log.error("cannot reach gmqtt's transport: the hub cannot pause its intake")
+            return
+        # Checked on every message while over the limit: asyncio's StreamReader resumes a
+        # transport it paused itself, which may undo our pause; then we pause it again.
+        if transport.is_reading():
+            transport.pause_reading()
+            self._paused = transport
+            self._reads_paused += 1
+
+    def _resume_reading(self) -> None:
+        transport, self._paused = self._paused, None
+        if transport is not None and not transport.is_closing() and not transport.is_reading():
+            transport.resume_reading()
+
     async def _on_message(
         self, client: Any, topic: str, payload: bytes, qos: int, properties: Any
     ) -> int:
-        del client, qos
+        # gmqtt sends the PUBACK when this returns: pending from here to the return.
+        self._pending += 1
+        self._pending_peak = max(self._pending_peak, self._pending)
+        if self._pending >= self.max_pending:
+            self._pause_reading()
+        try:
+            return await self._take(topic, payload, properties)
+        finally:
+            self._pending -= 1
+            if self._paused is not None and self._pending <= self.max_pending // 2:
+                self._resume_reading()
+
+    async def _take(self, topic: str, payload: bytes, properties: Any) -> int:
         if self._closing:
             return PUBACK_NOT_COMMITTED
         self.counters["received"] += 1
