@@ -124,3 +124,16 @@ def test_status_and_ack_round_trip() -> None:
     assert decode_ack(encode_ack(ack)) == ack
     with pytest.raises(ContractError, match="'online' must be true or false"):
         decode_status(b'{"v":1,"agent":"pi-1","online":"no","epoch":1,"ts":1}')
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"v":1,"body":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        (b'{"v":1,"kind":"telemetry","x":NaN}', "NaN is not a JSON number"),
+        (b'{"v":1,"x":-Infinity}', "-Infinity is not a JSON number"),
+    ],
+)
+def test_hostile_json_is_our_error_not_a_crash(payload: bytes, reason: str) -> None:
+    with pytest.raises(ContractError, match=reason):
+        decode_envelope(payload)

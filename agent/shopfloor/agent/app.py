@@ -33,12 +33,12 @@ from shopfloor.agent.links import Link, open_link
 from shopfloor.agent.mqtt import MqttConnection, Will
 from shopfloor.agent.outbox import Outbox
 from shopfloor.agent.publisher import Publisher, RecordQueue
-from shopfloor.agent.readings import Record
+from shopfloor.agent.readings import Reading, Record
 from shopfloor.agent.sessions.base import SessionContext
 from shopfloor.agent.sessions.registry import protocol_entry
 from shopfloor.agent.tracker import MachineTracker
 from shopfloor.contract.envelope import AgentStatus, RecordKind, encode_status
-from shopfloor.contract.states import MachineState
+from shopfloor.contract.states import MachineState, Observation
 from shopfloor.contract.topics import AgentTopics
 from shopfloor.contract.version import agent_version
 
@@ -240,6 +240,16 @@ class AgentApp:
                     exc,
                     RESTART_DELAY_S,
                 )
+                # Nobody is reading the machine now: say so, or the tracker's heartbeat
+                # would keep repeating the last state (RUNNING, say) as if it were seen.
+                lost = Reading(
+                    self.clock.wall_ms(),
+                    self.clock.mono_ms(),
+                    Observation.LINK_LOST,
+                    detail=f"session stopped: {exc}",
+                )
+                for record in tracker.update(lost):
+                    await self.queue.put(record)
             await asyncio.sleep(RESTART_DELAY_S)
 
     async def _serve(self, machine: MachineConfig, tracker: MachineTracker) -> None:

@@ -79,6 +79,10 @@ def _dumps(obj: Mapping[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _loads(payload: bytes, what: str) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError(
@@ -91,9 +95,13 @@ def _loads(payload: bytes, what: str) -> dict[str, Any]:
             f"{what} payload is not UTF-8 ({exc.reason} at byte {exc.start})"
         ) from exc
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise ContractError(f"{what} payload is not JSON: {exc.msg} at char {exc.pos}") from exc
+    except RecursionError as exc:
+        raise ContractError(f"{what} payload is nested too deeply to be an envelope") from exc
+    except ValueError as exc:  # NaN / Infinity, which JSON does not have
+        raise ContractError(f"{what} payload is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ContractError(f"{what} payload must be a JSON object, got {type(obj).__name__}")
     return obj

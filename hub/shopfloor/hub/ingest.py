@@ -513,6 +513,12 @@ class Ingest:
             envelope = decode_envelope(payload)
         except ContractError as exc:
             return reject("payload", exc.reason)
+        except Exception as exc:
+            # Whatever a payload does to the decoder, it is rejected and acknowledged: an
+            # exception here would leave it unacknowledged in the broker's in-flight window,
+            # redelivered forever, and a handful of them would stop all ingest.
+            log.exception("decoding a message on %s failed unexpectedly", topic)
+            return reject("payload", f"could not be decoded ({type(exc).__name__})")
         if envelope.agent != ref.agent:
             return reject(
                 "agent_mismatch",
