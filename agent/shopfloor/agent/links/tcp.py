@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Final
 
-from shopfloor.agent.errors import LinkClosedError, LinkError
+from shopfloor.agent.errors import LinkError
+from shopfloor.agent.links.stream import StreamPipe
 
 _READ_LIMIT: Final = 16 * 1024
 
@@ -18,19 +18,17 @@ class TcpLink:
         self._host = host
         self._port = port
         self._connect_timeout_s = connect_timeout_s
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._pipe = StreamPipe(self.name, (OSError,), hangup=": the peer closed the connection")
 
     @property
     def name(self) -> str:
         return f"tcp://{self._host}:{self._port}"
 
     async def open(self) -> None:
-        if self._writer is not None:
-            raise LinkError(f"{self.name} is already open", port=self.name)
+        self._pipe.check_closed()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
-                self._reader, self._writer = await asyncio.open_connection(
+                reader, writer = await asyncio.open_connection(
                     self._host, self._port, limit=_READ_LIMIT
                 )
         except TimeoutError as exc:
@@ -40,36 +38,13 @@ class TcpLink:
             ) from exc
         except OSError as exc:
             raise LinkError(f"cannot connect to {self.name}: {exc}", port=self.name) from exc
-
-    def _closed(self, exc: BaseException | None = None) -> LinkClosedError:
-        detail = f": {exc}" if exc else ": the peer closed the connection"
-        return LinkClosedError(f"{self.name} is gone{detail}", port=self.name)
+        self._pipe.attach(reader, writer)
 
     async def read(self, max_bytes: int) -> bytes:
-        if self._reader is None:
-            raise self._closed()
-        try:
-            data = await self._reader.read(max_bytes)
-        except OSError as exc:
-            raise self._closed(exc) from exc
-        if not data:
-            raise self._closed()
-        return data
+        return await self._pipe.read(max_bytes)
 
     async def write(self, data: bytes) -> None:
-        writer = self._writer
-        if writer is None or writer.transport.is_closing():
-            raise self._closed()
-        try:
-            writer.write(data)
-            await writer.drain()
-        except OSError as exc:
-            raise self._closed(exc) from exc
+        await self._pipe.write(data)
 
     async def close(self) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is None:
-            return
-        writer.close()
-        with contextlib.suppress(OSError):  # the peer already reset it
-            await writer.wait_closed()
+        await self._pipe.close()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from shopfloor.agent.errors import ProtocolError
+from shopfloor.agent.protocols.lines import GARBAGE_KEEP as _GARBAGE_KEEP
+from shopfloor.agent.protocols.lines import LineSplitter, Overlong
 
 __all__ = [
     "AlarmPush",
@@ -45,9 +47,6 @@ __all__ = [
 ]
 
 Position = tuple[float, ...]
-
-#: How much of an offending line a :class:`Garbage` event keeps.
-_GARBAGE_KEEP: Final = 200
 
 
 # --------------------------------------------------------------------------- events
@@ -255,15 +254,17 @@ class GrblProtocol:
     def __init__(self, max_line_bytes: int = 256) -> None:
         if max_line_bytes < 8:
             raise ValueError("max_line_bytes must be at least 8")
-        self.max_line_bytes = max_line_bytes
-        self._buf = bytearray()
-        self._discarding = False
+        self._lines = LineSplitter(max_line_bytes)
         self._pending_ver: tuple[str, str, str] | None = None
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._lines.max_line_bytes
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the end of a line (always <= ``max_line_bytes``)."""
-        return len(self._buf)
+        return self._lines.buffered
 
     # -- encoders
 
@@ -301,35 +302,12 @@ class GrblProtocol:
     def feed(self, data: bytes) -> list[GrblEvent]:
         """Add received bytes; return the events of every line they completed."""
         events: list[GrblEvent] = []
-        start = 0
-        n = len(data)
-        while start < n:
-            end = _find_terminator(data, start)
-            if end < 0:
-                self._append(data[start:], events)
-                break
-            self._append(data[start:end], events)
-            if self._discarding:
-                self._discarding = False
-            elif self._buf:
-                line = bytes(self._buf)
-                self._buf.clear()
+        for line in self._lines.feed(data):
+            if isinstance(line, Overlong):
+                events.append(Garbage(line.raw, line.reason))
+            else:
                 self._parse_line(line, events)
-            start = end + 1
         return events
-
-    def _append(self, chunk: bytes, events: list[GrblEvent]) -> None:
-        if self._discarding or not chunk:
-            return
-        if len(self._buf) + len(chunk) > self.max_line_bytes:
-            # Keep the same head whatever the chunking: the line has at least max+1 bytes.
-            keep = min(_GARBAGE_KEEP, self.max_line_bytes + 1)
-            head = bytes(self._buf + chunk[:keep])[:keep]
-            self._buf.clear()
-            self._discarding = True
-            events.append(Garbage(head, f"line longer than {self.max_line_bytes} bytes, discarded"))
-            return
-        self._buf += chunk
 
     def _parse_line(self, raw: bytes, events: list[GrblEvent]) -> None:
         if any(b > 0x7E or (b < 0x20 and b != 0x09) for b in raw):
@@ -391,16 +369,6 @@ class GrblProtocol:
             )
             return Banner(version=match.group(2), flavor=flavor, text=text)
         return None
-
-
-def _find_terminator(data: bytes, start: int) -> int:
-    cr = data.find(b"\r", start)
-    lf = data.find(b"\n", start)
-    if cr < 0:
-        return lf
-    if lf < 0:
-        return cr
-    return min(cr, lf)
 
 
 def _int_or_none(text: str) -> int | None:

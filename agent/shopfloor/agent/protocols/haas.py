@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from shopfloor.agent.errors import ProtocolError
+from shopfloor.agent.protocols.lines import GARBAGE_KEEP as _GARBAGE_KEEP
 
 __all__ = [
     "ETB",
@@ -54,8 +55,6 @@ STX: Final = 0x02
 ETB: Final = 0x17
 _CR: Final = 0x0D
 _LF: Final = 0x0A
-#: How much of an offending frame a :class:`Garbage` event keeps.
-_GARBAGE_KEEP: Final = 200
 
 LineEnding = Literal["crlf", "lf", "cr"]
 _ENDINGS: Final[dict[str, bytes]] = {"crlf": b"\r\n", "lf": b"\n", "cr": b"\r"}

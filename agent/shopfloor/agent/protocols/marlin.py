@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from shopfloor.agent.errors import ProtocolError
+from shopfloor.agent.protocols.lines import GARBAGE_KEEP as _GARBAGE_KEEP
+from shopfloor.agent.protocols.lines import LineSplitter, Overlong
 
 __all__ = [
     "Busy",
@@ -53,7 +55,6 @@ __all__ = [
     "is_fatal_error",
 ]
 
-_GARBAGE_KEEP: Final = 200
 
 # --------------------------------------------------------------------------- events
 
@@ -385,14 +386,16 @@ class MarlinProtocol:
     def __init__(self, max_line_bytes: int = 512) -> None:
         if max_line_bytes < 16:
             raise ValueError("max_line_bytes must be at least 16")
-        self.max_line_bytes = max_line_bytes
-        self._buf = bytearray()
-        self._discarding = False
+        self._lines = LineSplitter(max_line_bytes)
+
+    @property
+    def max_line_bytes(self) -> int:
+        return self._lines.max_line_bytes
 
     @property
     def buffered(self) -> int:
         """Bytes held while waiting for the end of a line (always <= ``max_line_bytes``)."""
-        return len(self._buf)
+        return self._lines.buffered
 
     # -- encoders
 
@@ -416,34 +419,12 @@ class MarlinProtocol:
     def feed(self, data: bytes) -> list[MarlinEvent]:
         """Add received bytes; return the events of every line they completed."""
         events: list[MarlinEvent] = []
-        start = 0
-        n = len(data)
-        while start < n:
-            end = _find_terminator(data, start)
-            if end < 0:
-                self._append(data[start:], events)
-                break
-            self._append(data[start:end], events)
-            if self._discarding:
-                self._discarding = False
-            elif self._buf:
-                line = bytes(self._buf)
-                self._buf.clear()
+        for line in self._lines.feed(data):
+            if isinstance(line, Overlong):
+                events.append(Garbage(line.raw, line.reason))
+            else:
                 self._parse_line(line, events)
-            start = end + 1
         return events
-
-    def _append(self, chunk: bytes, events: list[MarlinEvent]) -> None:
-        if self._discarding or not chunk:
-            return
-        if len(self._buf) + len(chunk) > self.max_line_bytes:
-            keep = min(_GARBAGE_KEEP, self.max_line_bytes + 1)
-            head = bytes(self._buf + chunk[:keep])[:keep]
-            self._buf.clear()
-            self._discarding = True
-            events.append(Garbage(head, f"line longer than {self.max_line_bytes} bytes, discarded"))
-            return
-        self._buf += chunk
 
     def _parse_line(self, raw: bytes, events: list[MarlinEvent]) -> None:
         try:
@@ -457,16 +438,6 @@ class MarlinProtocol:
         text = text.strip()
         if text:
             _parse_text(text, events)
-
-
-def _find_terminator(data: bytes, start: int) -> int:
-    cr = data.find(b"\r", start)
-    lf = data.find(b"\n", start)
-    if cr < 0:
-        return lf
-    if lf < 0:
-        return cr
-    return min(cr, lf)
 
 
 def _parse_text(text: str, events: list[MarlinEvent]) -> None:  # noqa: PLR0915 - a dispatch

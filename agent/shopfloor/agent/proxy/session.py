@@ -33,10 +33,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Final, Self
+from typing import TYPE_CHECKING, Final, Self
 
 from shopfloor.agent.clock import Clock
 from shopfloor.agent.errors import LinkError
@@ -46,8 +45,17 @@ from shopfloor.agent.proxy.options import ProxyOptions
 from shopfloor.agent.proxy.watcher import StreamWatcher, WatcherSettings
 from shopfloor.agent.readings import Reading
 from shopfloor.agent.sessions.base import SessionItem
-from shopfloor.agent.sessions.polling import SessionError
+from shopfloor.agent.sessions.polling import (
+    LinkHealth,
+    SessionError,
+    check_settings,
+    is_telemetry,
+    stop_runner,
+)
 from shopfloor.contract.states import Observation
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["GrblProxySession"]
 
@@ -55,19 +63,6 @@ _log = logging.getLogger(__name__)
 
 _READ_SIZE: Final = 4096
 _STATUS_QUERY: Final = b"?"
-_ALIVE: Final = frozenset(
-    {
-        Observation.REPORTS_IDLE,
-        Observation.REPORTS_RUNNING,
-        Observation.REPORTS_PAUSED,
-        Observation.REPORTS_SETUP,
-        Observation.REPORTS_ALARM,
-    }
-)
-
-
-def _telemetry(item: SessionItem) -> bool:
-    return isinstance(item, Reading) and item.observation in _ALIVE
 
 
 class _DropQueue:
@@ -88,12 +83,12 @@ class _DropQueue:
     def put(self, item: SessionItem) -> None:
         if len(self._items) >= self._maxsize:
             for i, queued in enumerate(self._items):
-                if _telemetry(queued):
+                if is_telemetry(queued):
                     del self._items[i]
                     self.dropped += 1
                     break
             else:
-                if _telemetry(item):
+                if is_telemetry(item):
                     self.dropped += 1
                     return
                 self._items.popleft()
@@ -139,19 +134,19 @@ class GrblProxySession:
     ) -> None:
         if options.pty is None and options.tcp_port is None:
             raise ValueError("proxy mode needs a pty path or a TCP port")
-        if poll_interval_s <= 0 or silence_timeout_s <= 0 or queue_size <= 0:
-            raise ValueError("poll interval, silence timeout and queue size must be positive")
-        low, high = reconnect_backoff
-        if not 0 < low <= high:
-            raise ValueError("reconnect_backoff must be (min, max) with 0 < min <= max")
+        check_settings(poll_interval_s, silence_timeout_s, queue_size, reconnect_backoff)
         self.machine_id = machine_id
         self.options = options
         self._open_link = open_link
         self._clock = clock
         self._poll_interval = poll_interval_s
-        self._silence_timeout = silence_timeout_s
-        self._backoff = (low, high)
-        self._rng = rng or random.Random()
+        self._health = LinkHealth(
+            machine_id,
+            silence_timeout_s=silence_timeout_s,
+            reconnect_backoff=reconnect_backoff,
+            rng=rng,
+            log=_log,
+        )
         self.watcher = StreamWatcher(
             WatcherSettings(
                 poll_interval_s=poll_interval_s,
@@ -173,11 +168,6 @@ class GrblProxySession:
         )
         self._link: Link | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._last_report = 0.0
-        self._silent = False
-        self._link_down = False
-        self._failing = False
-        self._attempt = 0
         self._log_extra = {"machine": machine_id}
         #: Link (re)opens, bytes passed each way, and sender bytes dropped while the port was down.
         self.connects = 0
@@ -226,17 +216,8 @@ class GrblProxySession:
 
     async def aclose(self) -> None:
         """Stop, close the controller's port, the pty and the TCP port. Safe to call twice."""
-        runner = self._runner
         try:
-            if runner is not None and not runner.done():
-                runner.cancel()
-                try:
-                    await asyncio.wait({runner})
-                except asyncio.CancelledError:
-                    await asyncio.wait({runner})
-                    raise
-            if runner is not None and not runner.cancelled():
-                runner.exception()
+            await stop_runner(self._runner)
         finally:
             if self.tcp is not None:
                 await self.tcp.close()
@@ -301,13 +282,7 @@ class GrblProxySession:
     async def _device_loop(self) -> None:
         while True:
             await self._connect_once()
-            await asyncio.sleep(self._next_delay())
-
-    def _next_delay(self) -> float:
-        low, high = self._backoff
-        delay = min(high, low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return float(min(high, delay * self._rng.uniform(0.8, 1.2)))
+            await asyncio.sleep(self._health.next_delay())
 
     async def _connect_once(self) -> None:
         try:
@@ -319,9 +294,7 @@ class GrblProxySession:
         self.connects += 1
         try:
             self._link = link
-            loop = asyncio.get_running_loop()
-            self._last_report = loop.time()
-            self._silent = False
+            self._health.connected(asyncio.get_running_loop().time())
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._reader(link), name=f"grbl-proxy-reader:{self.machine_id}")
                 tg.create_task(self._poller(link), name=f"grbl-proxy-poller:{self.machine_id}")
@@ -337,11 +310,7 @@ class GrblProxySession:
     def _link_lost(self, exc: BaseException) -> None:
         ts, mono = self._clock.wall_ms(), self._clock.mono_ms()
         self._emit(self.watcher.link_lost(ts, mono, f"link lost: {exc}"))
-        if not self._failing:
-            self._failing = True
-            _log.warning("machine %s: link failed: %s", self.machine_id, exc, extra=self._log_extra)
-        if not self._link_down:
-            self._link_down = True
+        if self._health.link_lost(exc):
             self._queue.put(Reading(ts, mono, Observation.LINK_LOST, detail=str(exc)))
 
     async def _reader(self, link: Link) -> None:
@@ -351,18 +320,9 @@ class GrblProxySession:
             self._to_host(data)  # first: the sender is waiting for it
             items = self.watcher.device_bytes(data, self._clock.wall_ms(), self._clock.mono_ms())
             for item in items:
-                if _telemetry(item):
-                    self._on_alive(loop.time())
+                if is_telemetry(item):
+                    self._health.alive(loop.time())
                 self._queue.put(item)
-
-    def _on_alive(self, now: float) -> None:
-        self._last_report = now
-        self._silent = False
-        self._link_down = False
-        self._attempt = 0
-        if self._failing:
-            self._failing = False
-            _log.info("machine %s: answering again", self.machine_id, extra=self._log_extra)
 
     async def _poller(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
@@ -374,16 +334,7 @@ class GrblProxySession:
                 await link.write(_STATUS_QUERY)
             self._emit(self.watcher.tick(self._clock.wall_ms(), self._clock.mono_ms()))
             await asyncio.sleep(tick)
-            if not self._silent and loop.time() - self._last_report >= self._silence_timeout:
-                self._silent = True
-                if not self._failing:
-                    self._failing = True
-                    _log.warning(
-                        "machine %s: no status report for %.1f s",
-                        self.machine_id,
-                        self._silence_timeout,
-                        extra=self._log_extra,
-                    )
+            if self._health.silence_due(loop.time()):
                 self._queue.put(
                     Reading(
                         self._clock.wall_ms(),

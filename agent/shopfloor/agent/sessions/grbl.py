@@ -22,9 +22,8 @@ translated by :class:`~shopfloor.agent.adapters.grbl.GrblAdapter`.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Unpack
 
 from shopfloor.agent.adapters.grbl import GrblAdapter
 from shopfloor.agent.clock import Clock
@@ -33,7 +32,12 @@ from shopfloor.agent.protocols.grbl import Banner, Garbage, GrblProtocol, Status
 from shopfloor.agent.proxy.options import GrblOptions, parse_grbl_options
 from shopfloor.agent.proxy.session import GrblProxySession
 from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
-from shopfloor.agent.sessions.polling import PollingSession, SessionError
+from shopfloor.agent.sessions.polling import (
+    PollingSession,
+    SessionError,
+    SessionTuning,
+    machine_timing,
+)
 
 __all__ = ["ENTRY", "GrblDriver", "GrblSession", "SessionError", "SessionItem"]
 
@@ -92,11 +96,9 @@ class GrblSession(PollingSession):
         clock: Clock,
         poll_interval_s: float = 0.2,
         silence_timeout_s: float = 2.0,
-        reconnect_backoff: tuple[float, float] = (0.5, 10.0),
         laser_mode: bool = False,
-        queue_size: int = 256,
         max_line_bytes: int = 256,
-        rng: random.Random | None = None,
+        **tuning: Unpack[SessionTuning],
     ) -> None:
         self._grbl = GrblDriver(laser_mode=laser_mode, max_line_bytes=max_line_bytes)
         super().__init__(
@@ -106,9 +108,7 @@ class GrblSession(PollingSession):
             clock=clock,
             poll_interval_s=poll_interval_s,
             silence_timeout_s=silence_timeout_s,
-            reconnect_backoff=reconnect_backoff,
-            queue_size=queue_size,
-            rng=rng,
+            **tuning,
         )
 
     @property
@@ -119,24 +119,16 @@ class GrblSession(PollingSession):
 def _open_session(ctx: SessionContext) -> GrblSession | GrblProxySession:
     machine = ctx.machine
     options = machine.options
+    timing = machine_timing(ctx)
     if isinstance(options, GrblOptions) and options.proxy is not None:
         return GrblProxySession(
             machine.id,
             ctx.open_link,
-            clock=ctx.clock,
             options=options.proxy,
-            poll_interval_s=machine.poll_interval_s,
-            silence_timeout_s=machine.silence_timeout_s,
             laser_mode=machine.laser_mode,
+            **timing,
         )
-    return GrblSession(
-        machine.id,
-        ctx.open_link,
-        clock=ctx.clock,
-        poll_interval_s=machine.poll_interval_s,
-        silence_timeout_s=machine.silence_timeout_s,
-        laser_mode=machine.laser_mode,
-    )
+    return GrblSession(machine.id, ctx.open_link, laser_mode=machine.laser_mode, **timing)
 
 
 #: GRBL 1.1 / grblHAL. GRBL asks for status queries at no more than 5 Hz.

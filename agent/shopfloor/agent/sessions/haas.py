@@ -21,11 +21,10 @@ is dropped from the cycle until the next connection.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, Unpack
 
 from shopfloor.agent.adapters.haas import (
     DEFAULT_SETUP_MODES,
@@ -54,7 +53,12 @@ from shopfloor.agent.protocols.haas import (
     ToolInUse,
 )
 from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
-from shopfloor.agent.sessions.polling import PollingSession, SessionError
+from shopfloor.agent.sessions.polling import (
+    PollingSession,
+    SessionError,
+    SessionTuning,
+    machine_timing,
+)
 from shopfloor.contract.states import Observation
 
 if TYPE_CHECKING:
@@ -265,9 +269,7 @@ class HaasSession(PollingSession):
         options: HaasOptions | None = None,
         poll_interval_s: float = 0.25,
         silence_timeout_s: float = 5.0,
-        reconnect_backoff: tuple[float, float] = (0.5, 10.0),
-        queue_size: int = 256,
-        rng: random.Random | None = None,
+        **tuning: Unpack[SessionTuning],
     ) -> None:
         self._haas = HaasDriver(options)
         super().__init__(
@@ -277,9 +279,7 @@ class HaasSession(PollingSession):
             clock=clock,
             poll_interval_s=poll_interval_s,
             silence_timeout_s=silence_timeout_s,
-            reconnect_backoff=reconnect_backoff,
-            queue_size=queue_size,
-            rng=rng,
+            **tuning,
         )
 
     @property
@@ -418,14 +418,7 @@ def _setup_modes(table: ConfigTable) -> frozenset[str]:
 def _open_session(ctx: SessionContext) -> HaasSession:
     machine = ctx.machine
     options = machine.options if isinstance(machine.options, HaasOptions) else None
-    return HaasSession(
-        machine.id,
-        ctx.open_link,
-        clock=ctx.clock,
-        options=options,
-        poll_interval_s=machine.poll_interval_s,
-        silence_timeout_s=machine.silence_timeout_s,
-    )
+    return HaasSession(machine.id, ctx.open_link, options=options, **machine_timing(ctx))
 
 
 #: Haas NGC / classic machine data collection. Serial settings are site configuration

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Unpack
 
 from shopfloor.agent.adapters.kiln import FiringSchedule, FiringSegment, KilnAdapter
 from shopfloor.agent.adapters.kiln_profile import (
@@ -47,7 +46,7 @@ from shopfloor.agent.protocols.modbus_rtu import (
     RegistersRead,
 )
 from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
-from shopfloor.agent.sessions.polling import PollingSession
+from shopfloor.agent.sessions.polling import PollingSession, SessionTuning, machine_timing
 
 __all__ = [
     "BUNDLED_SCHEDULES",
@@ -309,9 +308,7 @@ class KilnSession(PollingSession):
         clock: Clock,
         poll_interval_s: float = 0.25,
         silence_timeout_s: float = 5.0,
-        reconnect_backoff: tuple[float, float] = (0.5, 10.0),
-        queue_size: int = 256,
-        rng: random.Random | None = None,
+        **tuning: Unpack[SessionTuning],
     ) -> None:
         adapter = KilnAdapter(
             options.profile,
@@ -332,9 +329,7 @@ class KilnSession(PollingSession):
             clock=clock,
             poll_interval_s=poll_interval_s,
             silence_timeout_s=silence_timeout_s,
-            reconnect_backoff=reconnect_backoff,
-            queue_size=queue_size,
-            rng=rng,
+            **tuning,
         )
 
     @property
@@ -347,14 +342,7 @@ def _open_session(ctx: SessionContext) -> KilnSession:
     options = machine.options
     if not isinstance(options, KilnOptions):
         options = KilnOptions(profile=load_profile("cn7500"))
-    return KilnSession(
-        machine.id,
-        ctx.open_link,
-        options,
-        clock=ctx.clock,
-        poll_interval_s=machine.poll_interval_s,
-        silence_timeout_s=machine.silence_timeout_s,
-    )
+    return KilnSession(machine.id, ctx.open_link, options, **machine_timing(ctx))
 
 
 def default_options(profile: str | Path = "cn7500") -> KilnOptions:

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Unpack
 
 from shopfloor.agent.adapters.marlin import MarlinAdapter
 from shopfloor.agent.clock import Clock
@@ -50,7 +49,12 @@ from shopfloor.agent.protocols.marlin import (
     TemperatureReport,
 )
 from shopfloor.agent.sessions.base import ProtocolEntry, SessionContext, SessionItem
-from shopfloor.agent.sessions.polling import PollingSession, SessionError
+from shopfloor.agent.sessions.polling import (
+    PollingSession,
+    SessionError,
+    SessionTuning,
+    machine_timing,
+)
 
 if TYPE_CHECKING:
     from shopfloor.agent.config import ConfigTable
@@ -361,10 +365,8 @@ class MarlinSession(PollingSession):
         options: MarlinOptions | None = None,
         poll_interval_s: float = 0.25,
         silence_timeout_s: float = 6.0,
-        reconnect_backoff: tuple[float, float] = (0.5, 10.0),
-        queue_size: int = 256,
         max_line_bytes: int = 512,
-        rng: random.Random | None = None,
+        **tuning: Unpack[SessionTuning],
     ) -> None:
         self._marlin = MarlinDriver(
             options, poll_interval_s=poll_interval_s, max_line_bytes=max_line_bytes
@@ -376,9 +378,7 @@ class MarlinSession(PollingSession):
             clock=clock,
             poll_interval_s=poll_interval_s,
             silence_timeout_s=silence_timeout_s,
-            reconnect_backoff=reconnect_backoff,
-            queue_size=queue_size,
-            rng=rng,
+            **tuning,
         )
 
     @property
@@ -393,14 +393,7 @@ class MarlinSession(PollingSession):
 def _open_session(ctx: SessionContext) -> MarlinSession:
     machine = ctx.machine
     options = machine.options if isinstance(machine.options, MarlinOptions) else None
-    return MarlinSession(
-        machine.id,
-        ctx.open_link,
-        clock=ctx.clock,
-        options=options,
-        poll_interval_s=machine.poll_interval_s,
-        silence_timeout_s=machine.silence_timeout_s,
-    )
+    return MarlinSession(machine.id, ctx.open_link, options=options, **machine_timing(ctx))
 
 
 #: Marlin 2.x. The stock Configuration.h says 250000 baud, but most vendors ship 115200

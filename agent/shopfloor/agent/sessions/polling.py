@@ -32,16 +32,27 @@ import logging
 import random
 from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Final, Protocol, Self, TypedDict
 
 from shopfloor.agent.clock import Clock
 from shopfloor.agent.errors import AgentError, LinkError
 from shopfloor.agent.links.base import Link
 from shopfloor.agent.readings import Reading
-from shopfloor.agent.sessions.base import SessionItem
+from shopfloor.agent.sessions.base import SessionContext, SessionItem
 from shopfloor.contract.states import Observation
 
-__all__ = ["PollDriver", "PollingSession", "SessionError"]
+__all__ = [
+    "LinkHealth",
+    "MachineTiming",
+    "PollDriver",
+    "PollingSession",
+    "SessionError",
+    "SessionTuning",
+    "check_settings",
+    "is_telemetry",
+    "machine_timing",
+    "stop_runner",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -83,8 +94,154 @@ class PollDriver(Protocol):
     def feed(self, data: bytes, ts_ms: int, mono_ms: int) -> list[SessionItem]: ...
 
 
-def _droppable(item: SessionItem) -> bool:
+def is_telemetry(item: SessionItem) -> bool:
+    """A reading that reports a machine state: proof of life, and droppable telemetry."""
     return isinstance(item, Reading) and item.observation in _ALIVE
+
+
+class SessionTuning(TypedDict, total=False):
+    """The :class:`PollingSession` keywords a protocol's session passes through unchanged."""
+
+    reconnect_backoff: tuple[float, float]
+    queue_size: int
+    rng: random.Random | None
+
+
+class MachineTiming(TypedDict):
+    """The session keywords every protocol takes from the app's context."""
+
+    clock: Clock
+    poll_interval_s: float
+    silence_timeout_s: float
+
+
+def machine_timing(ctx: SessionContext) -> MachineTiming:
+    """``clock``, ``poll_interval_s`` and ``silence_timeout_s`` for a session of ``ctx.machine``.
+
+    A protocol's session factory is then ``XSession(machine.id, ctx.open_link,
+    **machine_timing(ctx), <its own options>)``.
+    """
+    return MachineTiming(
+        clock=ctx.clock,
+        poll_interval_s=ctx.machine.poll_interval_s,
+        silence_timeout_s=ctx.machine.silence_timeout_s,
+    )
+
+
+def check_settings(
+    poll_interval_s: float,
+    silence_timeout_s: float,
+    queue_size: int,
+    reconnect_backoff: tuple[float, float],
+) -> None:
+    """Raise :class:`ValueError` for settings no session can run with."""
+    if poll_interval_s <= 0 or silence_timeout_s <= 0 or queue_size <= 0:
+        raise ValueError("poll interval, silence timeout and queue size must be positive")
+    low, high = reconnect_backoff
+    if not 0 < low <= high:
+        raise ValueError("reconnect_backoff must be (min, max) with 0 < min <= max")
+
+
+async def stop_runner(runner: asyncio.Task[None] | None) -> None:
+    """Cancel a session's runner task and wait until it has finished (closing its link).
+
+    If the caller is cancelled meanwhile, it still waits for the runner, then re-raises. A
+    crash of the runner was already handed to the consumer: it is marked retrieved here.
+    """
+    if runner is None:
+        return
+    if not runner.done():
+        runner.cancel()
+        try:
+            await asyncio.wait({runner})
+        except asyncio.CancelledError:
+            # We are being cancelled too: still let the runner finish closing the link.
+            await asyncio.wait({runner})
+            raise
+    if not runner.cancelled():
+        runner.exception()
+
+
+class LinkHealth:
+    """Sans-IO supervision of one machine's link, shared by every session that owns one.
+
+    Says when to yield LINK_LOST (once per outage) and SILENT (once per silence), logs a
+    failure once and the recovery once (on ``log``, with the machine id bound), and
+    computes the reconnect delay: exponential backoff with jitter, reset by proof of life.
+    Times are ``loop.time()`` seconds, passed in.
+    """
+
+    def __init__(
+        self,
+        machine_id: str,
+        *,
+        silence_timeout_s: float,
+        reconnect_backoff: tuple[float, float],
+        rng: random.Random | None,
+        log: logging.Logger,
+    ) -> None:
+        self.machine_id = machine_id
+        self._silence_timeout = silence_timeout_s
+        self._backoff = reconnect_backoff
+        self._rng = rng or random.Random()
+        self._log = log
+        self._log_extra = {"machine": machine_id}
+        # Per-connection state, reset by connected().
+        self._last_report = 0.0
+        self._silent = False
+        # Across connections.
+        self._link_down = False  # LINK_LOST was yielded and no report has come since
+        self._failing = False  # a failure was logged and no recovery yet
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """Seconds to wait before the next reconnect attempt."""
+        low, high = self._backoff
+        delay = min(high, low * 2 ** min(self._attempt, 30))
+        self._attempt += 1
+        return float(min(high, delay * self._rng.uniform(0.8, 1.2)))
+
+    def connected(self, now: float) -> None:
+        """A new connection: the silence clock starts again."""
+        self._last_report = now
+        self._silent = False
+
+    def link_lost(self, exc: BaseException) -> bool:
+        """The link failed or could not be opened; True when a LINK_LOST reading is due."""
+        if not self._failing:
+            self._failing = True
+            self._log.warning(
+                "machine %s: link failed: %s", self.machine_id, exc, extra=self._log_extra
+            )
+        if self._link_down:
+            return False
+        self._link_down = True
+        return True
+
+    def alive(self, now: float) -> None:
+        """A reading that reports a machine state arrived."""
+        self._last_report = now
+        self._silent = False
+        self._link_down = False
+        self._attempt = 0
+        if self._failing:
+            self._failing = False
+            self._log.info("machine %s: answering again", self.machine_id, extra=self._log_extra)
+
+    def silence_due(self, now: float) -> bool:
+        """True, once per silence, when no proof of life came for the silence timeout."""
+        if self._silent or now - self._last_report < self._silence_timeout:
+            return False
+        self._silent = True
+        if not self._failing:
+            self._failing = True
+            self._log.warning(
+                "machine %s: no status report for %.1f s",
+                self.machine_id,
+                self._silence_timeout,
+                extra=self._log_extra,
+            )
+        return True
 
 
 class _ItemQueue:
@@ -106,7 +263,7 @@ class _ItemQueue:
         while len(self._items) >= self._maxsize:
             if self._drop_oldest_telemetry():
                 break
-            if _droppable(item):
+            if is_telemetry(item):
                 self.dropped += 1
                 return
             self._writable.clear()
@@ -116,7 +273,7 @@ class _ItemQueue:
 
     def _drop_oldest_telemetry(self) -> bool:
         for i, queued in enumerate(self._items):
-            if _droppable(queued):
+            if is_telemetry(queued):
                 del self._items[i]
                 self.dropped += 1
                 return True
@@ -158,29 +315,22 @@ class PollingSession:
         queue_size: int = 256,
         rng: random.Random | None = None,
     ) -> None:
-        if poll_interval_s <= 0 or silence_timeout_s <= 0 or queue_size <= 0:
-            raise ValueError("poll interval, silence timeout and queue size must be positive")
-        low, high = reconnect_backoff
-        if not 0 < low <= high:
-            raise ValueError("reconnect_backoff must be (min, max) with 0 < min <= max")
+        check_settings(poll_interval_s, silence_timeout_s, queue_size, reconnect_backoff)
         self.machine_id = machine_id
         self._open_link = open_link
         self._clock = clock
         self._poll_interval = poll_interval_s
-        self._silence_timeout = silence_timeout_s
-        self._backoff = (low, high)
-        self._rng = rng or random.Random()
+        self._health = LinkHealth(
+            machine_id,
+            silence_timeout_s=silence_timeout_s,
+            reconnect_backoff=reconnect_backoff,
+            rng=rng,
+            log=_log,
+        )
         self._driver = driver
         self._queue = _ItemQueue(queue_size)
         self._runner: asyncio.Task[None] | None = None
         self._log_extra = {"machine": machine_id}
-        # Per-connection state, reset by _serve.
-        self._last_report = 0.0
-        self._silent = False
-        # Across connections.
-        self._link_down = False  # LINK_LOST was yielded and no report has come since
-        self._failing = False  # a failure was logged and no recovery yet
-        self._attempt = 0
         #: How many times the link was (re)opened successfully.
         self.connects = 0
 
@@ -213,20 +363,7 @@ class PollingSession:
 
     async def aclose(self) -> None:
         """Stop the tasks and close the link. Safe to call twice."""
-        runner = self._runner
-        if runner is None:
-            return
-        if not runner.done():
-            runner.cancel()
-            try:
-                await asyncio.wait({runner})
-            except asyncio.CancelledError:
-                # We are being cancelled too: still let the runner finish closing the link.
-                await asyncio.wait({runner})
-                raise
-        if not runner.cancelled():
-            # A crash was already handed to the consumer by readings(); mark it retrieved.
-            runner.exception()
+        await stop_runner(self._runner)
 
     async def readings(self) -> AsyncGenerator[SessionItem, None]:
         """Readings, device events and device info, in order, until the session closes.
@@ -247,7 +384,7 @@ class PollingSession:
         try:
             while True:
                 await self._connect_once()
-                await asyncio.sleep(self._next_delay())
+                await asyncio.sleep(self._health.next_delay())
         except asyncio.CancelledError:
             self._queue.close()
             raise
@@ -278,18 +415,8 @@ class PollingSession:
             except LinkError as exc:
                 _log.debug("closing %s failed: %s", link.name, exc, extra=self._log_extra)
 
-    def _next_delay(self) -> float:
-        low, high = self._backoff
-        delay = min(high, low * 2 ** min(self._attempt, 30))
-        self._attempt += 1
-        return float(min(high, delay * self._rng.uniform(0.8, 1.2)))
-
     async def _link_lost(self, exc: BaseException) -> None:
-        if not self._failing:
-            self._failing = True
-            _log.warning("machine %s: link failed: %s", self.machine_id, exc, extra=self._log_extra)
-        if not self._link_down:
-            self._link_down = True
+        if self._health.link_lost(exc):
             await self._put_reading(Observation.LINK_LOST, str(exc))
 
     async def _put_reading(self, observation: Observation, detail: str) -> None:
@@ -304,10 +431,8 @@ class PollingSession:
     # -- one connection
 
     async def _serve(self, link: Link) -> None:
-        loop = asyncio.get_running_loop()
         self._driver.reset()
-        self._last_report = loop.time()
-        self._silent = False
+        self._health.connected(asyncio.get_running_loop().time())
         name = self._driver.name
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._reader(link), name=f"{name}-reader:{self.machine_id}")
@@ -319,18 +444,9 @@ class PollingSession:
             data = await link.read(_READ_SIZE)
             ts_ms, mono_ms = self._clock.wall_ms(), self._clock.mono_ms()
             for item in self._driver.feed(data, ts_ms, mono_ms):
-                if isinstance(item, Reading) and item.observation in _ALIVE:
-                    self._on_alive(loop.time())
+                if is_telemetry(item):
+                    self._health.alive(loop.time())
                 await self._queue.put(item)
-
-    def _on_alive(self, now: float) -> None:
-        self._last_report = now
-        self._silent = False
-        self._link_down = False
-        self._attempt = 0
-        if self._failing:
-            self._failing = False
-            _log.info("machine %s: answering again", self.machine_id, extra=self._log_extra)
 
     async def _poller(self, link: Link) -> None:
         loop = asyncio.get_running_loop()
@@ -339,14 +455,5 @@ class PollingSession:
             if request:
                 await link.write(request)
             await asyncio.sleep(self._poll_interval)
-            if not self._silent and loop.time() - self._last_report >= self._silence_timeout:
-                self._silent = True
-                if not self._failing:
-                    self._failing = True
-                    _log.warning(
-                        "machine %s: no status report for %.1f s",
-                        self.machine_id,
-                        self._silence_timeout,
-                        extra=self._log_extra,
-                    )
+            if self._health.silence_due(loop.time()):
                 await self._put_reading(Observation.SILENT, "no status report")
