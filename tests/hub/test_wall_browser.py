@@ -55,6 +55,8 @@ def machine_view(
     program: str | None = None,
     alarm: dict[str, Any] | None = None,
     seen_ago_s: float | None = 1.0,
+    phase: str | None = None,
+    job: dict[str, Any] | None = None,
 ) -> View:
     """A MachineView exactly as the hub's API and stream send it."""
     t = now_ms()
@@ -70,10 +72,36 @@ def machine_view(
         "since": t - int(ago_s * 1000),
         "last_seen": None if seen_ago_s is None else t - int(seen_ago_s * 1000),
         "program": program,
-        "job": None,
+        "phase": phase,
+        "job": job,
         "alarm": alarm,
         "online": state != "OFFLINE",
     }
+
+
+def job(
+    unit: str,
+    done: float | None,
+    total: float | None,
+    *,
+    started_ago_s: float = 600,
+    eta_s: float | None = None,
+    segment: int | None = None,
+    program: str | None = None,
+    job_id: str = "j-1",
+) -> dict[str, Any]:
+    """A MachineView's ``job`` as the hub sends it: fields it does not know are left out."""
+    fields: dict[str, Any] = {
+        "job": job_id,
+        "program": program,
+        "unit": unit,
+        "total": total,
+        "done": done,
+        "started": now_ms() - int(started_ago_s * 1000),
+        "eta_s": eta_s,
+        "segment": segment,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 # --- the backend behind the page ---------------------------------------------------------
@@ -307,9 +335,24 @@ class Wall:
 
 
 SHOP = [
-    machine_view("router-1", "RUNNING", name="Router 1", ago_s=725, program="chair-leg.nc"),
+    machine_view(
+        "router-1",
+        "RUNNING",
+        name="Router 1",
+        ago_s=725,
+        program="chair-leg.nc",
+        job=job("lines", 1240, 2000, started_ago_s=725, eta_s=1500),
+    ),
     machine_view("router-2", "IDLE", name="Router 2", ago_s=3900, detail="Idle"),
-    machine_view("laser", "PAUSED", name="Laser", ago_s=40, detail="Hold:0", program="sign.gc"),
+    machine_view(
+        "laser",
+        "PAUSED",
+        name="Laser",
+        ago_s=40,
+        detail="Hold:0",
+        program="sign.gc",
+        job=job("bytes", 421_888, 1_048_576),  # 412 of 1,024 kB
+    ),
     machine_view(
         "mill",
         "ALARM",
@@ -318,6 +361,7 @@ SHOP = [
         kind="mill",
         protocol="haas",
         alarm={"code": 9, "text": "Homing fail"},
+        job=job("parts", 38, 50, program="O01234"),
     ),
     machine_view(
         "kiln",
@@ -329,6 +373,31 @@ SHOP = [
         seen_ago_s=7200,
     ),
 ]
+
+
+#: A kiln firing: elapsed against the schedule's time, in its third segment.
+KILN = machine_view(
+    "kiln-1",
+    "RUNNING",
+    name="Kiln 1",
+    kind="kiln",
+    protocol="modbus",
+    ago_s=7800,
+    program="Cone 6 glaze",
+    detail="1222 °C",
+    phase="soaking",
+    job=job("seconds", 7800, 46_800, started_ago_s=7800, segment=3),
+)
+
+#: GRBL streaming a file whose length nobody told it: lines done, and for how long.
+NO_TOTAL = machine_view(
+    "router-3",
+    "RUNNING",
+    name="Router 3",
+    ago_s=725,
+    program="drawer-front.nc",
+    job=job("lines", 1240, None, started_ago_s=725),
+)
 
 
 @pytest.fixture
@@ -357,7 +426,10 @@ async def open_wall(
     async with serve(hub.app) as base:
         proxy = CuttableProxy(upstream_port=int(base.rsplit(":", 1)[1]))
         await proxy.start()
-        context = await browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+        context = await browser.new_context(
+            viewport={"width": viewport[0], "height": viewport[1]},
+            locale="en-US",  # digit grouping as in the assertions: "1,240"
+        )
         try:
             page = await context.new_page()
             errors: list[str] = []
@@ -375,6 +447,20 @@ async def open_wall(
 
 def tile(page: Page, machine_id: str) -> Any:
     return page.locator(f'.tile[data-machine="{machine_id}"]')
+
+
+async def expect_fill(machine_tile: Any, share: float, timeout_s: float = 5.0) -> None:
+    """Until the drawn progress bar is ``share`` full (the fill's width eases in)."""
+    measured = -1.0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            measured = await machine_tile.locator(".job-bar").evaluate(
+                "b => b.querySelector('.job-fill').getBoundingClientRect().width"
+                " / b.getBoundingClientRect().width"
+            )
+            if abs(measured - share) < 0.005:
+                return
+            await asyncio.sleep(0.05)
 
 
 # --- tests -------------------------------------------------------------------------------
@@ -500,6 +586,110 @@ async def test_changes_arrive_live_without_reload(browser: Browser, hub: WallBac
 
 
 @pytest.mark.browser
+async def test_tiles_show_job_progress_in_the_machines_unit(browser: Browser) -> None:
+    hub = StandInHub(views={v["id"]: v for v in [*SHOP, KILN, NO_TOTAL]})
+    async with open_wall(browser, hub) as wall:
+        page = wall.page
+
+        # Lines with a total and the machine's own estimate.
+        router = tile(page, SHOP[0]["id"])
+        await expect(router).to_have_attribute("data-job", "bar")
+        await expect(router.locator(".job-pct")).to_have_text("62 %")
+        await expect(router.locator(".job-count")).to_have_text("1,240 / 2,000 lines")
+        eta = router.locator(".job-eta")
+        await expect(eta).to_have_text("about 25 min left")
+        await expect(eta).to_have_attribute("title", re.compile(r"machine's own estimate"))
+        bar = router.locator(".job-bar")
+        await expect(bar).to_have_attribute("role", "progressbar")
+        await expect(bar).to_have_attribute("aria-valuenow", "62")
+        await expect(bar).to_have_attribute("aria-valuemin", "0")
+        await expect(bar).to_have_attribute("aria-valuemax", "100")
+        await expect(bar).to_have_attribute("aria-valuetext", re.compile(r"^62 %, 1,240 / 2,000"))
+        await expect(page.get_by_role("progressbar")).to_have_count(4)
+        await expect_fill(router, 0.62)
+
+        # Parts against the order quantity; no estimate, no estimate line.
+        mill = tile(page, SHOP[3]["id"])
+        await expect(mill.locator(".job-pct")).to_have_text("76 %")
+        await expect(mill.locator(".job-count")).to_have_text("38 / 50 parts")
+        await expect(mill.locator(".job-eta")).to_be_hidden()
+        await expect(mill.locator(".alarm")).to_have_text("Alarm 9: Homing fail")
+        await expect_fill(mill, 0.76)
+
+        # Bytes of a file on the SD card, in kB.
+        laser = tile(page, SHOP[2]["id"])
+        await expect(laser.locator(".job-count")).to_have_text("412 / 1,024 kB")
+        await expect(laser.locator(".job-pct")).to_have_text("40 %")
+        await expect_fill(laser, 421_888 / 1_048_576)
+
+        # A kiln: its phase beside the time in state, elapsed of scheduled time by segment.
+        kiln = tile(page, KILN["id"])
+        await expect(kiln.locator(".phase")).to_have_text("soaking")
+        await expect(kiln.locator(".phase")).to_be_visible()
+        await expect(kiln.locator(".job-count")).to_have_text("segment 3 · 2 h 10 min of 13 h")
+        await expect(kiln.locator(".job-pct")).to_have_text("16 %")  # 16.7 %: floored
+        await expect_fill(kiln, 7800 / 46_800)
+
+        # No known total: what is done and for how long, no bar and no percentage.
+        streaming = tile(page, NO_TOTAL["id"])
+        await expect(streaming).to_have_attribute("data-job", "count")
+        await expect(streaming.locator(".job-count")).to_have_text("1,240 lines · 12 min")
+        await expect(streaming.locator(".job-meter")).to_be_hidden()
+        await expect(streaming.locator(".job-pct")).to_be_hidden()
+        assert await streaming.locator(".job-bar").get_attribute("role") is None
+        assert await streaming.locator(".job-bar").get_attribute("aria-valuenow") is None
+
+        # No job, no phase.
+        idle = tile(page, SHOP[1]["id"])
+        await expect(idle.locator(".job")).to_be_hidden()
+        await expect(idle.locator(".phase")).to_be_hidden()
+        assert await idle.get_attribute("data-job") is None
+
+        # Progress arrives live, as the hub passes on the agent's `job_progress` events.
+        await page.evaluate("window.__noReload = 'still here'")
+        running = {**SHOP[0], "job": {**SHOP[0]["job"], "done": 1800, "eta_s": 300}}
+        await hub.push(running)
+        await expect(router.locator(".job-pct")).to_have_text("90 %")
+        await expect(router.locator(".job-count")).to_have_text("1,800 / 2,000 lines")
+        await expect(router.locator(".job-eta")).to_have_text("about 5 min left")
+        await expect(bar).to_have_attribute("aria-valuenow", "90")
+        await expect_fill(router, 0.9)
+
+        firing = {
+            **KILN,
+            "phase": "cooling",
+            "job": {**KILN["job"], "done": 30_000, "segment": 4},
+        }
+        await hub.push(firing)
+        await expect(kiln.locator(".phase")).to_have_text("cooling")
+        await expect(kiln.locator(".job-count")).to_have_text("segment 4 · 8 h 20 min of 13 h")
+        await expect(kiln.locator(".job-pct")).to_have_text("64 %")
+        await expect_fill(kiln, 30_000 / 46_800)
+
+        # The total becomes known: the bar appears.
+        counted = {**NO_TOTAL, "job": {**NO_TOTAL["job"], "done": 1500, "total": 3000}}
+        await hub.push(counted)
+        await expect(streaming).to_have_attribute("data-job", "bar")
+        await expect(streaming.locator(".job-count")).to_have_text("1,500 / 3,000 lines")
+        await expect(streaming.locator(".job-bar")).to_have_attribute("aria-valuenow", "50")
+        await expect_fill(streaming, 0.5)
+
+        # The job ends: the bar goes.
+        await hub.push({**running, "job": None})
+        await expect(router.locator(".job")).to_be_hidden()
+        await expect(router.locator(".job-bar")).not_to_have_attribute("role", "progressbar")
+
+        # What a machine reports about its job is text, never markup.
+        evil = '<img src=x onerror="window.__pwned=1">'
+        await hub.push({**KILN, "phase": evil, "job": {**KILN["job"], "unit": evil}})
+        await expect(kiln.locator(".phase")).to_have_text(evil)
+        await expect(kiln.locator(".job-count")).to_have_text(f"7,800 / 46,800 {evil}")
+        assert await page.locator(".tile img").count() == 0
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.evaluate("window.__noReload") == "still here"
+
+
+@pytest.mark.browser
 async def test_lost_stream_shows_and_recovers_by_itself(browser: Browser, hub: WallBackend) -> None:
     async with open_wall(browser, hub) as wall:
         page = wall.page
@@ -564,6 +754,24 @@ async def test_missing_token_is_explained_on_screen(browser: Browser) -> None:
         await expect(banner).to_contain_text("token")
 
 
+async def spilled_out_of_bands(page: Page) -> list[str]:
+    """What is drawn (partly) outside its tile's state band or over the line above it, as
+    "machine: class" strings."""
+    return await page.locator(".tile").evaluate_all(
+        """tiles => tiles.flatMap(t => {
+            const band = t.querySelector('.band').getBoundingClientRect();
+            const rows = [...t.querySelectorAll('.state, .band-sub, .alarm, .job-meter, .job-line')]
+                .map(el => [el, el.getBoundingClientRect()])
+                .filter(([, r]) => r.width > 0 || r.height > 0);  // shown
+            const bad = rows.filter(([, r], i) =>
+                r.left < band.left - 1 || r.right > band.right + 1
+                || r.top < band.top - 1 || r.bottom > band.bottom + 1
+                || (i > 0 && r.top < rows[i - 1][1].bottom - 1));
+            return bad.map(([el]) => `${t.dataset.machine}: ${el.className}`);
+        })"""
+    )
+
+
 @pytest.mark.browser
 async def test_screenshots_tv_and_phone(browser: Browser) -> None:
     """A full shop on a 1080p TV fits the screen; on a phone the tiles stack."""
@@ -577,6 +785,7 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
             ago_s=5400,
             program="bracket_v3.gcode",
             detail="T:210/210 B:60/60",
+            job=job("bytes", 3_700_000, 8_900_000, eta_s=7_400),
         ),
         machine_view(
             "printer-2",
@@ -587,16 +796,7 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
             ago_s=200,
             detail="Homing",
         ),
-        machine_view(
-            "kiln-1",
-            "RUNNING",
-            name="Kiln 1",
-            kind="kiln",
-            protocol="modbus",
-            ago_s=20000,
-            program="Cone 6 glaze",
-            detail="Soak 1222 °C",
-        ),
+        KILN,
         machine_view("saw", "IDLE", name="Panel Saw", ago_s=30, seen_ago_s=600, detail="Idle"),
         machine_view(
             "edge",
@@ -604,6 +804,7 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
             name="Edgebander with a very long machine name",
             ago_s=61,
             program="K-2291 cabinet doors.nc",
+            job=job("lines", 18_412, None, started_ago_s=61),
         ),
         machine_view(
             "lathe",
@@ -614,6 +815,7 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
             ago_s=500,
             program="O01234",
             detail="Feed hold",
+            job=job("parts", 3, 12, eta_s=5_400),
         ),
         machine_view(
             "laser-2", "RUNNING", name="Laser 2", ago_s=15, program="logo.svg.gc", detail="Run"
@@ -642,6 +844,10 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
         assert not off_screen
         too_small = [b for b in boxes if b["width"] < 300 or b["height"] < 200]
         assert not too_small
+        # Jobs show a bar with their numbers; nothing in a band spills out of it.
+        await expect(page.locator('.tile[data-job="bar"]')).to_have_count(6)
+        await expect(page.locator('.tile[data-job="count"]')).to_have_count(1)
+        assert await spilled_out_of_bands(page) == []
         await page.screenshot(path=str(SCREENSHOT))
 
     async with open_wall(browser, hub, viewport=(390, 844)) as phone:
@@ -652,7 +858,46 @@ async def test_screenshots_tv_and_phone(browser: Browser) -> None:
         )
         assert all(w > 330 for w in widths), widths
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await spilled_out_of_bands(page) == []
         await page.screenshot(path=str(PHONE_SCREENSHOT), full_page=True)
+
+
+@pytest.mark.browser
+async def test_fifty_machines_with_jobs_fit_a_tv(browser: Browser) -> None:
+    """The busiest wall: every state, with and without a job, all on one 1080p screen."""
+    kinds: list[tuple[str, dict[str, Any] | None]] = [
+        ("RUNNING", job("lines", 1240, 2000, eta_s=1500)),
+        ("IDLE", None),
+        ("RUNNING", job("parts", 38, 50)),
+        ("PAUSED", job("bytes", 421_888, 1_048_576)),
+        ("RUNNING", job("seconds", 7800, 46_800, segment=3)),
+        ("ALARM", job("parts", 3, 12)),
+        ("RUNNING", job("lines", 18_412, None)),
+    ]
+    views = []
+    for i in range(50):
+        state, progress = kinds[i % len(kinds)]
+        views.append(
+            machine_view(
+                f"m{i:02d}",
+                state,
+                name=f"Machine {i:02d}",
+                program=f"part-{i}.nc",
+                phase="heating" if progress and progress["unit"] == "seconds" else None,
+                alarm={"code": 2, "text": "Hard limit"} if state == "ALARM" else None,
+                job=progress,
+            )
+        )
+    hub = StandInHub(views={v["id"]: v for v in views})
+    async with open_wall(browser, hub) as wall:
+        page = wall.page
+        await expect(page.locator(".tile")).to_have_count(50)
+        await expect(page.locator("#grid")).to_have_attribute("data-fit", "screen")
+        await expect(page.locator('.tile[data-job="bar"]')).to_have_count(36)
+        assert await spilled_out_of_bands(page) == []
+        # Where the band is short, an alarm's reason wins over the bar it interrupted.
+        alarmed = page.locator('.tile[data-state="ALARM"]').first
+        await expect(alarmed.locator(".alarm")).to_be_visible()
 
 
 # --- the router without a browser --------------------------------------------------------

@@ -17,6 +17,11 @@
 //   ?title=...   header text (default: the site name(s) the machines report)
 //   ?stale=60    seconds without data after which a tile warns "no data for …"
 //
+// A MachineView may carry `phase` (a kiln's heating / soaking / cooling) and `job`, the run
+// in progress in the machine's own unit (lines, bytes, parts, seconds): `done` of `total`,
+// `started` (epoch ms), `eta_s` (the machine's own estimate) and a kiln's `segment`. Any of
+// the job's fields may be missing or null; a job without a known total shows no bar.
+//
 // No dependencies, no build step, no network beyond the hub. Data only ever reaches the
 // document through textContent and attributes, never innerHTML.
 "use strict";
@@ -83,6 +88,19 @@
     return `${Math.floor(h / 24)} d ${pad2(h % 24)} h`;
   }
 
+  /** A span of a job in seconds: "42 s", "25 min", "2 h 10 min", "13 h" (hours, never days). */
+  function formatSpan(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    if (s < 60) return `${s} s`;
+    const m = Math.floor(s / 60);
+    if (m < 60) return `${m} min`;
+    return m % 60 ? `${Math.floor(m / 60)} h ${pad2(m % 60)} min` : `${m / 60} h`;
+  }
+
+  // Digit grouping of the viewer's locale ("1,240" in English).
+  const integer = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x);
+
   function setText(el, text) {
     if (el.textContent !== text) el.textContent = text;
   }
@@ -121,6 +139,14 @@
       alarm: q("alarm"),
       program: q("program"),
       programName: q("program-name"),
+      phase: q("phase"),
+      job: q("job"),
+      jobMeter: q("job-meter"),
+      jobBar: q("job-bar"),
+      jobFill: q("job-fill"),
+      jobPct: q("job-pct"),
+      jobCount: q("job-count"),
+      jobEta: q("job-eta"),
       detail: q("detail"),
       seen: q("seen"),
       util: q("util"),
@@ -164,15 +190,132 @@
     }
     show(els.alarm, Boolean(alarm));
 
-    setText(els.programName, v.program ? String(v.program) : "");
-    setAttr(els.programName, "title", v.program ? String(v.program) : null);
+    const phase = state !== "OFFLINE" && v.phase ? String(v.phase) : "";
+    setText(els.phase, phase);
+    show(els.phase, Boolean(phase));
+
+    // The job's program stands in when the state does not name one.
+    const job = jobOf(v);
+    const program = v.program || (job && job.program) || "";
+    setText(els.programName, String(program));
+    setAttr(els.programName, "title", program ? String(program) : null);
     // The program line keeps its place when empty, so the bands of a row line up.
-    setAttr(els.program, "data-empty", v.program ? null : "true");
+    setAttr(els.program, "data-empty", program ? null : "true");
     renderUtilization(entry);
     tick(entry, now());
   }
 
   const percent = (x) => `${Math.round(x * 100)} %`;
+
+  // ---- job progress -------------------------------------------------------------------------
+
+  /** The view's job, if it is one (an object); null otherwise. */
+  function jobOf(view) {
+    const job = view.job;
+    return job && typeof job === "object" && !Array.isArray(job) ? job : null;
+  }
+
+  const UNITS = { lines: ["line", "lines"], parts: ["part", "parts"] };
+
+  /** An amount in the job's unit, without the unit word for counts ("1,240"; "412" kB). */
+  function amount(unit, x) {
+    if (unit === "bytes") return integer.format(Math.floor(x / 1024)); // kB of 1024 bytes
+    if (unit === "seconds") return formatSpan(x);
+    return integer.format(Math.floor(x));
+  }
+
+  /** The unit word after an amount: "lines", "part", "kB"; none for seconds. */
+  function unitWord(unit, x) {
+    if (unit === "bytes") return "kB";
+    if (unit === "seconds") return "";
+    if (UNITS[unit]) return UNITS[unit][Math.floor(x) === 1 ? 0 : 1];
+    return typeof unit === "string" ? unit : "";
+  }
+
+  /**
+   * What the job line and bar say at time `t`:
+   * {fraction|null, count: "1,240 / 2,000 lines" | "1,240 lines · 12 min", eta: "…"|""}.
+   */
+  function describeJob(job, t) {
+    const unit = job.unit;
+    const total = isNum(job.total) && job.total > 0 ? job.total : null;
+    const done = isNum(job.done) ? Math.max(0, job.done) : null;
+    const parts = [];
+    if (unit === "seconds" && Number.isInteger(job.segment)) parts.push(`segment ${job.segment}`);
+    let fraction = null;
+    if (total !== null) {
+      const d = done === null ? 0 : done;
+      fraction = Math.min(1, d / total);
+      if (unit === "seconds") {
+        parts.push(`${formatSpan(d)} of ${formatSpan(total)}`);
+      } else {
+        // The done figure in the total's scale: "412 / 1,024 kB", "38 / 50 parts".
+        const word = unitWord(unit, total);
+        parts.push(`${amount(unit, d)} / ${amount(unit, total)}${word ? ` ${word}` : ""}`);
+      }
+    } else {
+      // No known total: what is done, and for how long the job has been running.
+      if (done !== null) {
+        const word = unitWord(unit, done);
+        parts.push(`${amount(unit, done)}${word ? ` ${word}` : ""}`);
+      }
+      const elapsed = isNum(job.started) ? formatSpan((t - job.started) / 1000) : "";
+      // A kiln's done already is its elapsed time.
+      if (elapsed && !(unit === "seconds" && done !== null)) parts.push(elapsed);
+    }
+    let eta = "";
+    if (isNum(job.eta_s) && job.eta_s >= 0) {
+      eta = job.eta_s < 60 ? "less than a minute left" : `about ${formatSpan(job.eta_s)} left`;
+    }
+    return { fraction, count: parts.join(" · "), eta };
+  }
+
+  /** No measurable progress: the bar is no progressbar and not shown. */
+  function hideBar(els) {
+    for (const a of ["role", "aria-valuenow", "aria-valuemin", "aria-valuemax", "aria-valuetext"]) {
+      setAttr(els.jobBar, a, null);
+    }
+    show(els.jobMeter, false);
+  }
+
+  /** The progress part of the band; it shows elapsed time, so it runs with every tick. */
+  function renderJob(entry, t) {
+    const { tile, els } = entry;
+    const job = jobOf(entry.view);
+    const described = job ? describeJob(job, t) : null;
+    if (!described || (described.fraction === null && !described.count && !described.eta)) {
+      hideBar(els);
+      setAttr(tile, "data-job", null);
+      setAttr(tile, "data-eta", null);
+      show(els.job, false);
+      return;
+    }
+    const { fraction, count, eta } = described;
+    const bar = els.jobBar;
+    if (fraction === null) {
+      // Nothing to measure against: no bar, no percentage, only what is done.
+      hideBar(els);
+    } else {
+      // Floored, so "100 %" means finished.
+      const pct = Math.floor(fraction * 100 + 1e-9);
+      const width = `${(fraction * 100).toFixed(2)}%`;
+      if (els.jobFill.style.width !== width) els.jobFill.style.width = width;
+      setText(els.jobPct, `${pct} %`);
+      setAttr(bar, "role", "progressbar");
+      setAttr(bar, "aria-valuemin", "0");
+      setAttr(bar, "aria-valuemax", "100");
+      setAttr(bar, "aria-valuenow", String(pct));
+      setAttr(bar, "aria-valuetext", [`${pct} %`, count, eta].filter(Boolean).join(", "));
+      show(els.jobMeter, true);
+    }
+    setText(els.jobCount, count);
+    setText(els.jobEta, eta);
+    setAttr(els.jobEta, "title", eta ? "The machine's own estimate of the time left" : null);
+    show(els.jobEta, Boolean(eta));
+    setAttr(tile, "data-job", fraction === null ? "count" : "bar");
+    setAttr(tile, "data-eta", eta ? "true" : null);
+    show(els.job, true);
+  }
 
   /** "Today 62 % of shift · 96 % seen" (or "of day" for a machine without a shift). */
   function renderUtilization(entry) {
@@ -204,6 +347,7 @@
     const v = entry.view;
     const { tile, els } = entry;
     setText(els.duration, typeof v.since === "number" ? formatDuration(t - v.since) : "");
+    renderJob(entry, t);
 
     let seen = "";
     let stale = false;
