@@ -7,14 +7,13 @@ imported only when asked for.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Final
 
+from shopfloor.sim import serving
 from shopfloor.sim.errors import SimConfigError
 from shopfloor.sim.grbl import (
     GrblMachine,
@@ -99,25 +98,13 @@ def config_from_args(args: argparse.Namespace) -> GrblSimConfig:
 
 
 async def _serve(config: GrblSimConfig, pty: str | None, tcp: int | None) -> None:
-    # SIGTERM (systemd, docker stop, the demo) ends the simulator as cleanly as Ctrl-C.
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     machine = GrblMachine(config)
     drivers = drivers_from_config(config)
-    try:
-        if tcp is not None:
-            async with TcpRunner(machine, tcp, drivers=drivers) as server:
-                print(f"GRBL simulator on tcp://127.0.0.1:{server.port}", flush=True)
-                await server.serve_forever()
-            return
-        path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyGRBL"
-        async with PtyRunner(machine, path, drivers=drivers) as runner:
-            print(f"GRBL simulator on {path} -> {runner.device}", flush=True)
-            await runner.serve_forever()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    if tcp is not None:
+        await serving.serve(TcpRunner(machine, tcp, drivers=drivers), "GRBL simulator")
+        return
+    path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyGRBL"
+    await serving.serve(PtyRunner(machine, path, drivers=drivers), "GRBL simulator")
 
 
 def main(argv: list[str]) -> int:
@@ -132,11 +119,7 @@ def main(argv: list[str]) -> int:
         config = config_from_args(args)
     except SimConfigError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(_serve(config, args.pty, args.tcp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    return 0
+    return serving.run(_serve(config, args.pty, args.tcp))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from shopfloor.sim.errors import SimConfigError
+from shopfloor.sim.faultspec import numbers, split_fault
 from shopfloor.sim.grbl.config import GrblSimConfig
 from shopfloor.sim.grbl.machine import GrblMachine
 
@@ -71,35 +72,19 @@ def parse_fault(spec: str) -> Fault:
     ``alarm:<code>`` picks the alarm code; a trailing ``!`` on ``vanish`` power-cycles the
     machine. Examples: ``hard-limit@30``, ``hold@10+5``, ``door@L120+8``, ``vanish@40+6!``.
     """
-    text = spec.strip()
-    reboot = text.endswith("!")
-    if reboot:
-        text = text[:-1]
-    kind_text, sep, when_text = text.partition("@")
-    if not sep:
-        raise SimConfigError(f"fault {spec!r}: expected KIND@WHEN, e.g. hold@10+5")
+    s = split_fault(spec, FaultKind, usage="KIND@WHEN, e.g. hold@10+5", numbered=True)
     code = 1
-    kind_name, colon, code_text = kind_text.partition(":")
-    try:
-        kind = FaultKind(kind_name.strip().lower())
-    except ValueError:
-        names = ", ".join(k.value for k in FaultKind)
-        raise SimConfigError(
-            f"fault {spec!r}: unknown kind {kind_name!r} (one of {names})"
-        ) from None
-    if colon:
-        if not code_text.isdigit():
+    if s.number is not None:
+        if not s.number.isdigit():
             raise SimConfigError(f"fault {spec!r}: alarm code must be a number")
-        code = int(code_text)
-    code = _KIND_CODES.get(kind, code)
-    when, plus, duration_text = when_text.partition("+")
-    try:
-        duration = float(duration_text) if plus else 0.0
-        if when[:1] in ("L", "l"):
-            return Fault(kind, at_line=int(when[1:]), duration=duration, code=code, reboot=reboot)
-        return Fault(kind, at=float(when), duration=duration, code=code, reboot=reboot)
-    except ValueError as exc:
-        raise SimConfigError(f"fault {spec!r}: bad number ({exc})") from exc
+        code = int(s.number)
+    code = _KIND_CODES.get(s.kind, code)
+    with numbers(spec):
+        duration = float(s.duration) if s.duration is not None else 0.0
+        if s.when[:1] in ("L", "l"):
+            at_line = int(s.when[1:])
+            return Fault(s.kind, at_line=at_line, duration=duration, code=code, reboot=s.reboot)
+        return Fault(s.kind, at=float(s.when), duration=duration, code=code, reboot=s.reboot)
 
 
 class Driver(Protocol):

@@ -1,7 +1,7 @@
 """A simulated Haas NGC mill answering machine data collection (Q command) queries.
 
 ``HaasMachine`` is the sans-IO control; ``scenario`` scripts faults; the runners of
-:mod:`shopfloor.sim.grbl.runner` serve it on a pseudo-terminal, a TCP port or in memory.
+:mod:`shopfloor.sim.runner` serve it on a pseudo-terminal, a TCP port or in memory.
 """
 
 from shopfloor.sim.haas.config import HaasSimConfig

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from shopfloor.sim import serving
 from shopfloor.sim.errors import SimConfigError
 from shopfloor.sim.haas.config import HaasSimConfig
 from shopfloor.sim.haas.machine import HaasMachine
@@ -80,24 +79,14 @@ def config_from_args(args: argparse.Namespace) -> HaasSimConfig:
 
 
 async def _serve(config: HaasSimConfig, pty: str | None, tcp: int | None) -> None:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     machine = HaasMachine(config)
     drivers = drivers_from_config(config)
-    try:
-        if tcp is not None:
-            async with TcpRunner(machine, tcp, drivers=drivers, name="haas") as server:
-                print(f"Haas simulator on tcp://127.0.0.1:{server.port}", flush=True)
-                await server.serve_forever()
-            return
-        path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyHAAS"
-        async with PtyRunner(machine, path, drivers=drivers, name="haas") as runner:
-            print(f"Haas simulator on {path} -> {runner.device}", flush=True)
-            await runner.serve_forever()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    if tcp is not None:
+        server = TcpRunner(machine, tcp, drivers=drivers, name="haas")
+        await serving.serve(server, "Haas simulator")
+        return
+    path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyHAAS"
+    await serving.serve(PtyRunner(machine, path, drivers=drivers, name="haas"), "Haas simulator")
 
 
 def main(argv: list[str]) -> int:
@@ -108,11 +97,7 @@ def main(argv: list[str]) -> int:
         config = config_from_args(args)
     except SimConfigError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(_serve(config, args.pty, args.tcp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    return 0
+    return serving.run(_serve(config, args.pty, args.tcp))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Serve the Haas simulator with the generic runners of :mod:`shopfloor.sim.grbl.runner`.
+"""Serve the Haas simulator with the generic runners of :mod:`shopfloor.sim.runner`.
 
 ``PtyRunner`` (a pseudo-terminal behind a stable symlink, like a USB serial adapter on the
 RS-232 port), ``TcpRunner`` (NGC machine data collection over Ethernet, Setting 143's port)
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 
-from shopfloor.sim.grbl.runner import MemoryRunner, PtyRunner, TcpRunner
 from shopfloor.sim.haas.config import HaasSimConfig
 from shopfloor.sim.haas.machine import HaasMachine
 from shopfloor.sim.haas.scenario import Script
+from shopfloor.sim.runner import MemoryRunner, PtyRunner, TcpRunner
 
 __all__ = ["MemoryRunner", "PtyRunner", "TcpRunner", "drivers_from_config", "run_haas_sim"]
 

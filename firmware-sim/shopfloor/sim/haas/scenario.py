@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from shopfloor.sim.errors import SimConfigError
+from shopfloor.sim.faultspec import numbers, split_fault
 from shopfloor.sim.haas.machine import HaasMachine
 
 
@@ -53,39 +54,24 @@ _DEFAULT_CODES: Final = {FaultKind.ALARM: 1, FaultKind.NOISE: 20}
 def parse_fault(spec: str) -> Fault:
     """``KIND[:N]@SECONDS[+DURATION][!]``: ``hold@10+5``, ``alarm:108@30+8``, ``stall@20+6``,
     ``noise:30@15+10`` (30 % of bytes hit), ``reboot@40+5``, ``vanish@50+6!``."""
-    text = spec.strip()
-    reboot = text.endswith("!")
-    if reboot:
-        text = text[:-1]
-    kind_text, sep, when_text = text.partition("@")
-    if not sep:
-        raise SimConfigError(f"fault {spec!r}: expected KIND@SECONDS, e.g. hold@10+5")
-    name, colon, number = kind_text.partition(":")
-    try:
-        kind = FaultKind(name.strip().lower())
-    except ValueError:
-        names = ", ".join(k.value for k in FaultKind)
-        raise SimConfigError(f"fault {spec!r}: unknown kind {name!r} (one of {names})") from None
-    code = _DEFAULT_CODES.get(kind, 1)
-    if colon:
-        if not number.isdigit():
-            raise SimConfigError(f"fault {spec!r}: {number!r} is not a number")
-        code = int(number)
-    if kind is FaultKind.NOISE and not 0 < code <= 100:
+    s = split_fault(spec, FaultKind, usage="KIND@SECONDS, e.g. hold@10+5", numbered=True)
+    code = _DEFAULT_CODES.get(s.kind, 1)
+    if s.number is not None:
+        if not s.number.isdigit():
+            raise SimConfigError(f"fault {spec!r}: {s.number!r} is not a number")
+        code = int(s.number)
+    if s.kind is FaultKind.NOISE and not 0 < code <= 100:
         raise SimConfigError(f"fault {spec!r}: noise is a percentage from 1 to 100")
-    if reboot and kind is not FaultKind.VANISH:
+    if s.reboot and s.kind is not FaultKind.VANISH:
         raise SimConfigError(f"fault {spec!r}: '!' (power-cycle) only goes with vanish")
-    at_text, plus, duration_text = when_text.partition("+")
-    try:
+    with numbers(spec):
         return Fault(
-            kind,
-            at=float(at_text),
-            duration=float(duration_text) if plus else 0.0,
+            s.kind,
+            at=float(s.when),
+            duration=float(s.duration) if s.duration is not None else 0.0,
             code=code,
-            reboot=reboot,
+            reboot=s.reboot,
         )
-    except ValueError as exc:
-        raise SimConfigError(f"fault {spec!r}: bad number ({exc})") from exc
 
 
 @dataclass(slots=True)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from shopfloor.sim import serving
 from shopfloor.sim.errors import SimConfigError
 from shopfloor.sim.kiln.config import KilnSimConfig
 from shopfloor.sim.kiln.machine import KilnMachine
@@ -66,22 +65,9 @@ def config_from_args(args: argparse.Namespace) -> KilnSimConfig:
 
 
 async def _serve(config: KilnSimConfig, pty: str | None) -> None:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     path = Path(pty) if pty else Path(tempfile.gettempdir()) / "ttyKILN"
-    try:
-        machine = KilnMachine(config)
-        async with KilnPtyRunner(machine, path, script=script_from_config(config)) as runner:
-            print(
-                f"kiln simulator (Modbus RTU, unit {config.device_id}) on {path} -> "
-                f"{runner.device}",
-                flush=True,
-            )
-            await runner.serve_forever()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    runner = KilnPtyRunner(KilnMachine(config), path, script=script_from_config(config))
+    await serving.serve(runner, f"kiln simulator (Modbus RTU, unit {config.device_id})")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -92,11 +78,7 @@ def main(argv: Sequence[str]) -> int:
         config = config_from_args(args)
     except SimConfigError as exc:
         p.error(str(exc))
-    try:
-        asyncio.run(_serve(config, args.pty))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    return 0
+    return serving.run(_serve(config, args.pty))
 
 
 if __name__ == "__main__":

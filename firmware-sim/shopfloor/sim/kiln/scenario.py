@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from shopfloor.sim.errors import SimConfigError
+from shopfloor.sim.faultspec import numbers, split_fault
 from shopfloor.sim.kiln.machine import KilnMachine
 
 __all__ = ["FaultKind", "KilnFault", "Script", "parse_fault"]
@@ -44,23 +45,12 @@ class KilnFault:
 
 def parse_fault(spec: str) -> KilnFault:
     """``tc-break@20+5``, ``vanish@15+3!``, ``weak@0`` ..."""
-    text = spec.strip()
-    reboot = text.endswith("!")
-    if reboot:
-        text = text[:-1]
-    kind_text, sep, when = text.partition("@")
-    if not sep:
-        raise SimConfigError(f"fault {spec!r}: expected KIND@SECONDS[+DURATION], e.g. stall@10+3")
-    try:
-        kind = FaultKind(kind_text.strip().lower())
-    except ValueError:
-        names = ", ".join(k.value for k in FaultKind)
-        raise SimConfigError(f"fault {spec!r}: unknown kind {kind_text!r} ({names})") from None
-    at_text, plus, duration_text = when.partition("+")
-    try:
-        return KilnFault(kind, float(at_text), float(duration_text) if plus else 0.0, reboot)
-    except ValueError as exc:
-        raise SimConfigError(f"fault {spec!r}: bad number ({exc})") from exc
+    usage = "KIND@SECONDS[+DURATION], e.g. stall@10+3"
+    s = split_fault(spec, FaultKind, usage=usage, numbered=False)
+    with numbers(spec):
+        at = float(s.when)
+        duration = float(s.duration) if s.duration is not None else 0.0
+        return KilnFault(s.kind, at, duration, s.reboot)
 
 
 class Script:

@@ -7,12 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
+from shopfloor.sim import serving
 from shopfloor.sim.errors import SimConfigError
 from shopfloor.sim.marlin.config import MarlinSimConfig
 from shopfloor.sim.marlin.machine import MarlinMachine
@@ -84,23 +83,12 @@ def config_from_args(args: argparse.Namespace) -> MarlinSimConfig:
 
 async def serve(config: MarlinSimConfig, pty: str | None, tcp: int | None) -> None:
     """Serve until cancelled (SIGTERM cancels too)."""
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, main_task.cancel)
     machine = MarlinMachine(config)
-    try:
-        if tcp is not None:
-            async with TcpRunner(machine, tcp) as server:
-                print(f"Marlin simulator on tcp://127.0.0.1:{server.port}", flush=True)
-                await server.serve_forever()
-            return
-        path = Path(pty) if pty else Path(tempfile.gettempdir()) / DEFAULT_PTY
-        async with PtyRunner(machine, path) as runner:
-            print(f"Marlin simulator on {path} -> {runner.device}", flush=True)
-            await runner.serve_forever()
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    if tcp is not None:
+        await serving.serve(TcpRunner(machine, tcp), "Marlin simulator")
+        return
+    path = Path(pty) if pty else Path(tempfile.gettempdir()) / DEFAULT_PTY
+    await serving.serve(PtyRunner(machine, path), "Marlin simulator")
 
 
 def main(argv: list[str]) -> int:
@@ -111,11 +99,7 @@ def main(argv: list[str]) -> int:
         config = config_from_args(args)
     except SimConfigError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, args.pty, args.tcp))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        return 0
-    return 0
+    return serving.run(serve(config, args.pty, args.tcp))
 
 
 if __name__ == "__main__":

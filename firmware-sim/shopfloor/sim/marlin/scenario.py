@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from shopfloor.sim.errors import SimConfigError
+from shopfloor.sim.faultspec import numbers, split_fault
 
 
 class FaultKind(enum.StrEnum):
@@ -46,25 +47,9 @@ def parse_fault(spec: str) -> Fault:
 
     Examples: ``pause@40%+5``, ``thermal-runaway@30+10``, ``vanish@20+4!``, ``noise@10+5``.
     """
-    text = spec.strip()
-    reboot = text.endswith("!")
-    if reboot:
-        text = text[:-1]
-    kind_text, sep, when_text = text.partition("@")
-    if not sep:
-        raise SimConfigError(f"fault {spec!r}: expected KIND@WHEN, e.g. pause@40%+5")
-    try:
-        kind = FaultKind(kind_text.strip().lower())
-    except ValueError:
-        names = ", ".join(k.value for k in FaultKind)
-        raise SimConfigError(
-            f"fault {spec!r}: unknown kind {kind_text!r} (one of {names})"
-        ) from None
-    when, plus, duration_text = when_text.partition("+")
-    try:
-        duration = float(duration_text) if plus else 0.0
-        if when.endswith("%"):
-            return Fault(kind, at_pct=float(when[:-1]), duration=duration, reboot=reboot)
-        return Fault(kind, at=float(when), duration=duration, reboot=reboot)
-    except ValueError as exc:
-        raise SimConfigError(f"fault {spec!r}: bad number ({exc})") from exc
+    s = split_fault(spec, FaultKind, usage="KIND@WHEN, e.g. pause@40%+5", numbered=False)
+    with numbers(spec):
+        duration = float(s.duration) if s.duration is not None else 0.0
+        if s.when.endswith("%"):
+            return Fault(s.kind, at_pct=float(s.when[:-1]), duration=duration, reboot=s.reboot)
+        return Fault(s.kind, at=float(s.when), duration=duration, reboot=s.reboot)
