@@ -24,3 +24,12 @@ async def wait_until(
             return last
         await asyncio.sleep(step_s)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def agent_id(topic_root: str) -> str:
+    """An agent id (and so MQTT client id) no other run on the shared broker uses.
+
+    The broker allows one connection per client id: two test runs at once with the same
+    agent id would keep throwing each other off, and the hub would see the agent flap.
+    """
+    return "pi-" + topic_root.split("/", maxsplit=1)[0]

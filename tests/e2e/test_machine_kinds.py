@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_support import SITE, wait_until
+from e2e_support import SITE, agent_id, wait_until
 
 from shopfloor.hub.runtime import Hub
 from shopfloor.sim.haas.config import HaasSimConfig
@@ -48,7 +48,7 @@ def start_agent(tmp_path: Path, topic_root: str, mqtt_url: str, ports: dict[str,
     agent_dir.mkdir()
     toml = agent_dir / "agent.toml"
     toml.write_text(
-        f'[agent]\nid = "pi-mixed"\nsite = "{SITE}"\ntopic_root = "{topic_root}"\n'
+        f'[agent]\nid = "{agent_id(topic_root)}"\nsite = "{SITE}"\ntopic_root = "{topic_root}"\n'
         f'data_dir = "."\n[mqtt]\nurl = "{mqtt_url}"\nwill_delay_s = 0\n'
         f'[[machines]]\nid = "mill"\nkind = "cnc_mill"\nprotocol = "haas"\n'
         f'port = "pty:{ports["mill"]}"\npoll_interval_s = 0.1\ntelemetry_interval_s = 1\n'

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from e2e_support import SITE, wait_until
+from e2e_support import SITE, agent_id, wait_until
 from playwright.async_api import Browser, expect
 
 from shopfloor.hub.api.app import create_app
@@ -45,7 +45,8 @@ def start_agent(
     agent_dir.mkdir(exist_ok=True)
     toml = agent_dir / "agent.toml"
     toml.write_text(
-        f'[agent]\nid = "pi-e2e"\nsite = "{SITE}"\ntopic_root = "{topic_root}"\ndata_dir = "."\n'
+        f'[agent]\nid = "{agent_id(topic_root)}"\nsite = "{SITE}"\n'
+        f'topic_root = "{topic_root}"\ndata_dir = "."\n'
         f'[mqtt]\nurl = "{mqtt_url}"\nwill_delay_s = 0\nsession_expiry_s = 0\n'
         f'[[machines]]\nid = "router"\nname = "Router"\nkind = "cnc_router"\nprotocol = "grbl"\n'
         f'port = "pty:{port}"\npoll_interval_s = 0.2\nsilence_timeout_s = 2.0\n'
@@ -85,7 +86,11 @@ async def test_idle_running_paused_running_idle_then_offline_when_agent_killed(
             await wait_until(lambda: in_state(api, "IDLE"), "the machine to show IDLE")
             view = await machine_view(api)
             assert view is not None
-            assert (view["agent"], view["site"], view["online"]) == ("pi-e2e", SITE, True)
+            assert (view["agent"], view["site"], view["online"]) == (
+                agent_id(topic_root),
+                SITE,
+                True,
+            )
             assert view["protocol"] == "grbl"
 
             machine.start_program("e2e", PROGRAM)
