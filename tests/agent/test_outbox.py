@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from shopfloor.agent.mqtt import IncomingMessage
 from shopfloor.agent.outbox import Outbox, seq_ranges
-from shopfloor.agent.publisher import Publisher, TokenBucket
+from shopfloor.agent.publisher import Publisher, RecordQueue, TokenBucket
 from shopfloor.agent.readings import Record
 from shopfloor.agent.seqstore import DB_NAME
 from shopfloor.contract import (
@@ -421,3 +422,217 @@ async def test_counters_for_the_status_message(tmp_path: Path) -> None:
         assert counters["dropped_telemetry"] == 0
         status = AgentStatus(agent="pi-1", online=True, epoch=1, ts=1, outbox=counters)
         assert decode_status(encode_status(status)).outbox == counters
+
+
+# -- the reviewer's defects -------------------------------------------------------------------
+
+
+def replay_request(conn: FakeConn, stream: str, from_seq: int) -> None:
+    request = encode_replay(ReplayRequest(stream=stream, from_seq=from_seq))
+    conn.incoming.put_nowait(IncomingMessage(TOPICS.cmd("replay"), request, 1, False))
+
+
+def losses_in(envs: list[Any]) -> list[Any]:
+    return [loss for e in envs if (loss := parse_data_loss(e.body)) is not None]
+
+
+async def test_replay_request_below_the_watermark_declares_what_was_acked(
+    tmp_path: Path,
+) -> None:
+    # The hub was restored from a backup: it asks from 4 although it had acked up to 8, and
+    # rows 4-8 are gone from the outbox. Those must be declared, or its watermark is stuck.
+    async with await Outbox.open(tmp_path) as outbox:
+        conn = FakeConn()
+        pub = Publisher(conn, outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        async with running(pub):
+            await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(10)])  # seqs 1..10
+            await until(lambda: len(conn.sent) == 10)
+            ack(conn, outbox.stream, 8)
+            await until(lambda: outbox.stats.depth == 2)
+            conn.sent.clear()
+            # A request that crossed the ack of 8 is stale: only 9 and 10 go out again.
+            replay_request(conn, outbox.stream, 4)
+            await until(lambda: len(conn.sent) == 2)
+            await asyncio.sleep(0.05)
+            assert pub.data_loss_events == 0
+            conn.sent.clear()
+            # The restored hub has 1-3; its ack says so, then it asks from 4.
+            ack(conn, outbox.stream, 3)
+            replay_request(conn, outbox.stream, 4)
+            await until(lambda: len(conn.sent) == 3)
+            envs = conn.envelopes()
+            ack(conn, outbox.stream, 11)  # the declaration filled the hub's gap
+            await until(lambda: outbox.stats.depth == 0)
+        assert sorted(e.seq for e in envs) == [9, 10, 11]
+        assert all(e.replay for e in envs if e.seq in (9, 10))
+        [loss] = losses_in(envs)
+        assert loss.ranges == ((4, 8),)
+        assert loss.reason == "acked_earlier"
+        assert loss.count == 5
+        assert pub.data_loss_events == 1
+        assert pub.acked == 11
+
+
+async def test_a_cancelled_append_finishes_before_anything_else_touches_the_file(
+    tmp_path: Path,
+) -> None:
+    conn = FakeConn()
+    async with await Outbox.open(tmp_path) as outbox:
+        pub = Publisher(conn, outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        started, gate = threading.Event(), threading.Event()
+
+        def slow_make(record: Record, seq: int) -> Any:
+            started.set()
+            gate.wait(5)  # the sqlite thread is busy (a big batch, a slow SD card)
+            return pub.make_row(record, seq)
+
+        first = asyncio.create_task(
+            outbox.append([rec(RecordKind.TELEMETRY, n) for n in range(5)], slow_make)
+        )
+        assert await asyncio.to_thread(started.wait, 5)
+        first.cancel()  # the task group stopping the writer mid-append
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(pub.write([rec(RecordKind.STATE, n) for n in range(5, 8)]))
+        await asyncio.sleep(0.1)
+        gate.set()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1] is None
+        rows = await outbox.read_from(0, 100)
+        assert [r.seq for r in rows] == list(range(1, 9))
+        ns = sorted(
+            decode_envelope(r.payload).body.get("n", -1) for r in rows if r.kind is RecordKind.STATE
+        )
+        assert ns == [5, 6, 7]
+        assert outbox.next_seq == 9
+
+
+async def test_close_waits_for_a_cancelled_append(tmp_path: Path) -> None:
+    started, gate = threading.Event(), threading.Event()
+    outbox = await Outbox.open(tmp_path)
+    pub = Publisher(FakeConn(), outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+
+    def slow_make(record: Record, seq: int) -> Any:
+        started.set()
+        gate.wait(5)
+        return pub.make_row(record, seq)
+
+    task = asyncio.create_task(
+        outbox.append([rec(RecordKind.STATE, n) for n in range(3)], slow_make)
+    )
+    assert await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(outbox.close())
+    await asyncio.sleep(0.1)
+    gate.set()
+    await closing
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    async with await Outbox.open(tmp_path) as again:
+        assert [r.seq for r in await again.read_from(0, 100)] == [1, 2, 3]
+
+
+async def test_the_cap_holds_when_only_state_is_written_one_by_one(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path, max_rows=10) as outbox:
+        pub = Publisher(FakeConn(), outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        for n in range(60):
+            await pub.write([rec(RecordKind.STATE, n, machine=f"m{n % 2}")])
+            assert outbox.stats.depth <= 11, n
+        rows = await outbox.read_from(0, 1000)
+        assert len(rows) == outbox.stats.depth
+        envs = [decode_envelope(r.payload) for r in rows]
+        # The newest state of each machine is there ...
+        newest = {e.machine: e.body["n"] for e in envs if e.kind is RecordKind.STATE}
+        assert newest == {"m0": 58, "m1": 59}
+        # ... and one data_loss row declares everything else, with no seq left unaccounted.
+        [loss] = losses_in(envs)
+        assert loss.reason == "outbox_full"
+        declared = {s for a, b in loss.ranges for s in range(a, b + 1)}
+        assert declared | {r.seq for r in rows} == set(range(1, outbox.next_seq))
+        assert not declared & {r.seq for r in rows}
+
+
+async def test_the_cap_with_room_for_one_keeps_the_newest_state(tmp_path: Path) -> None:
+    async with await Outbox.open(tmp_path, max_rows=1) as outbox:
+        pub = Publisher(FakeConn(), outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        for n in range(20):
+            await pub.write([rec(RecordKind.STATE, n)])
+            assert outbox.stats.depth <= 2
+        rows = await outbox.read_from(0, 100)
+        states = [decode_envelope(r.payload).body for r in rows if r.kind is RecordKind.STATE]
+        assert [b["n"] for b in states] == [19]
+
+
+async def test_seqs_dropped_by_the_cap_are_not_declared_again_on_a_replay_request(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path, max_rows=10) as outbox:
+        conn = FakeConn()
+        pub = Publisher(conn, outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        conn.connected = False  # the hub is away: the outbox fills up
+        await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(15)])
+        declared = losses_in([decode_envelope(r.payload) for r in await outbox.read_from(0)])
+        assert [d.reason for d in declared] == ["outbox_full"]
+        conn.connected = True
+        async with running(pub):
+            await until(lambda: len(conn.sent) == outbox.stats.depth)
+            sent = len(conn.sent)
+            replay_request(conn, outbox.stream, 1)
+            await until(lambda: len(conn.sent) == 2 * sent)
+            await asyncio.sleep(0.1)
+        assert [d.reason for d in losses_in(conn.envelopes())] == ["outbox_full"] * 2
+        assert pub.data_loss_events == 1
+
+
+async def test_stopping_the_writer_mid_append_then_flushing_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # What AgentApp does on every stop: the task group cancels the writer, then flush().
+    async with await Outbox.open(tmp_path) as outbox:
+        pub = Publisher(FakeConn(), outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        queue = RecordQueue(100)
+        started, gate = threading.Event(), threading.Event()
+        make_row = pub.make_row
+
+        def slow_make(record: Record, seq: int) -> Any:
+            started.set()
+            gate.wait(5)
+            return make_row(record, seq)
+
+        pub.make_row = slow_make  # type: ignore[method-assign]
+        for n in range(10):
+            await queue.put(rec(RecordKind.TELEMETRY, n))
+        writer = asyncio.create_task(pub.write_loop(queue))
+        assert await asyncio.to_thread(started.wait, 5)
+        writer.cancel()
+        await asyncio.sleep(0.05)
+        for n in range(10, 15):
+            await queue.put(rec(RecordKind.STATE, n))
+        flushing = asyncio.create_task(pub.flush(queue))
+        await asyncio.sleep(0.1)
+        gate.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await flushing
+        rows = await outbox.read_from(0, 100)
+        assert [r.seq for r in rows] == list(range(1, 16))
+        ns = [decode_envelope(r.payload).body.get("n") for r in rows if r.kind is RecordKind.STATE]
+        assert ns == list(range(10, 15))
+
+
+async def test_the_merged_declaration_forgets_what_the_hub_has_acknowledged(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path, max_rows=10) as outbox:
+        pub = Publisher(FakeConn(), outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(15)])  # 1..15, 16 declares
+        [first] = losses_in([decode_envelope(r.payload) for r in await outbox.read_from(0)])
+        assert first.ranges == ((1, 6),)
+        await outbox.ack(10)
+        await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(15, 25)])  # 17..26
+        rows = await outbox.read_from(0)
+        [loss] = losses_in([decode_envelope(r.payload) for r in rows])
+        # 1-6 were acked (the hub had the first declaration); 16 was that declaration.
+        assert loss.ranges == ((11, 17),)
+        assert len(rows) <= 10

@@ -334,70 +334,90 @@ class Wall:
     errors: list[str]
 
 
-SHOP = [
-    machine_view(
-        "router-1",
-        "RUNNING",
-        name="Router 1",
-        ago_s=725,
-        program="chair-leg.nc",
-        job=job("lines", 1240, 2000, started_ago_s=725, eta_s=1500),
-    ),
-    machine_view("router-2", "IDLE", name="Router 2", ago_s=3900, detail="Idle"),
-    machine_view(
-        "laser",
-        "PAUSED",
-        name="Laser",
-        ago_s=40,
-        detail="Hold:0",
-        program="sign.gc",
-        job=job("bytes", 421_888, 1_048_576),  # 412 of 1,024 kB
-    ),
-    machine_view(
-        "mill",
-        "ALARM",
-        name="Haas Mill",
-        ago_s=95,
-        kind="mill",
-        protocol="haas",
-        alarm={"code": 9, "text": "Homing fail"},
-        job=job("parts", 38, 50, program="O01234"),
-    ),
-    machine_view(
-        "kiln",
-        "OFFLINE",
-        name="Kiln 2",
-        ago_s=7200,
-        kind="kiln",
-        protocol="modbus",
-        seen_ago_s=7200,
-    ),
-]
+def _build_shop() -> list[View]:
+    return [
+        machine_view(
+            "router-1",
+            "RUNNING",
+            name="Router 1",
+            ago_s=725,
+            program="chair-leg.nc",
+            job=job("lines", 1240, 2000, started_ago_s=725, eta_s=1500),
+        ),
+        machine_view("router-2", "IDLE", name="Router 2", ago_s=3900, detail="Idle"),
+        machine_view(
+            "laser",
+            "PAUSED",
+            name="Laser",
+            ago_s=40,
+            detail="Hold:0",
+            program="sign.gc",
+            job=job("bytes", 421_888, 1_048_576),  # 412 of 1,024 kB
+        ),
+        machine_view(
+            "mill",
+            "ALARM",
+            name="Haas Mill",
+            ago_s=95,
+            kind="mill",
+            protocol="haas",
+            alarm={"code": 9, "text": "Homing fail"},
+            job=job("parts", 38, 50, program="O01234"),
+        ),
+        machine_view(
+            "kiln",
+            "OFFLINE",
+            name="Kiln 2",
+            ago_s=7200,
+            kind="kiln",
+            protocol="modbus",
+            seen_ago_s=7200,
+        ),
+    ]
 
 
 #: A kiln firing: elapsed against the schedule's time, in its third segment.
-KILN = machine_view(
-    "kiln-1",
-    "RUNNING",
-    name="Kiln 1",
-    kind="kiln",
-    protocol="modbus",
-    ago_s=7800,
-    program="Cone 6 glaze",
-    detail="1222 °C",
-    phase="soaking",
-    job=job("seconds", 7800, 46_800, started_ago_s=7800, segment=3),
-)
+def _build_kiln() -> View:
+    return machine_view(
+        "kiln-1",
+        "RUNNING",
+        name="Kiln 1",
+        kind="kiln",
+        protocol="modbus",
+        ago_s=7800,
+        program="Cone 6 glaze",
+        detail="1222 °C",
+        phase="soaking",
+        job=job("seconds", 7800, 46_800, started_ago_s=7800, segment=3),
+    )
+
 
 #: GRBL streaming a file whose length nobody told it: lines done, and for how long.
-NO_TOTAL = machine_view(
-    "router-3",
-    "RUNNING",
-    name="Router 3",
-    ago_s=725,
-    program="drawer-front.nc",
-    job=job("lines", 1240, None, started_ago_s=725),
-)
+def _build_no_total() -> View:
+    return machine_view(
+        "router-3",
+        "RUNNING",
+        name="Router 3",
+        ago_s=725,
+        program="drawer-front.nc",
+        job=job("lines", 1240, None, started_ago_s=725),
+    )
+
+
+SHOP = _build_shop()
+KILN = _build_kiln()
+NO_TOTAL = _build_no_total()
+
+
+@pytest.fixture(autouse=True)
+def _times_relative_to_the_test() -> None:
+    """The views say "since 12 min ago": build them when each test starts, not when the
+    module is imported, which in a full run is minutes earlier."""
+    SHOP[:] = _build_shop()
+    KILN.clear()
+    KILN.update(_build_kiln())
+    NO_TOTAL.clear()
+    NO_TOTAL.update(_build_no_total())
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from shopfloor.agent.clock import Clock, SystemClock
 from shopfloor.agent.config import AgentConfig, MachineConfig, load_config
-from shopfloor.agent.errors import AgentError, ConfigError, MqttError
+from shopfloor.agent.errors import AgentError, ConfigError, MqttError, StoreError
 from shopfloor.agent.links import Link, open_link
 from shopfloor.agent.mqtt import MqttConnection, Will
 from shopfloor.agent.outbox import Outbox
@@ -176,8 +176,16 @@ class AgentApp:
         raise _StopRequestedError
 
     async def _shutdown(self, conn: MqttConnection, publisher: Publisher) -> None:
-        """Write what is queued to the outbox; publish the offline status if the broker is there."""
-        await publisher.flush(self.queue)
+        """Write what is queued to the outbox; publish the offline status if the broker is there.
+
+        The writer task was cancelled with the task group, but only between two appends: an
+        append in flight runs to its end first (:func:`~shopfloor.agent.seqstore.run_to_end`).
+        """
+        try:
+            await publisher.flush(self.queue)
+        except StoreError:
+            # The queued records are lost; still say goodbye, or the hub waits for the will.
+            log.exception("agent %s: could not write the queued records", self.config.agent.id)
         log.info("agent %s: outbox counters %s", self.config.agent.id, self._counters())
         if not conn.is_connected:
             log.info("agent %s stopping while the broker is unreachable", self.config.agent.id)

@@ -17,11 +17,19 @@ close gives the unused rest of the block back.
 Cap and drop policy. When the outbox holds more than ``max_rows`` rows or ``max_bytes``
 payload bytes after an append, rows are dropped until it is a tenth below the cap (room
 for the ``data_loss`` event that follows), in this order: the oldest
-telemetry first; only when no telemetry is left, the oldest state, meta and event rows
-(never a ``data_loss`` event). Every dropped seq is counted and returned, so that the
-caller can publish a ``data_loss`` event naming the seq ranges the hub will never get.
+telemetry first; only when no telemetry is left, the oldest state, meta and event rows.
+Never dropped: a ``data_loss`` event, and the newest state of a machine in the batch just
+appended. In the same transaction the dropped seqs are declared in one ``data_loss`` event
+(reason ``outbox_full``, made by the caller's ``declare``) that replaces, and covers, the
+stream's pending ``outbox_full`` events (their ranges and their own seqs, less what the
+last ``ack`` covers): however long the cap holds, there is one such event in the outbox
+(more only past ``MAX_LOSS_RANGES`` ranges), and the depth stays within the cap (one over
+it when the cap is so small that the newest states alone fill it). Dropped seqs are
+counted and returned.
 
-Blocking sqlite calls run behind one boundary, :meth:`Outbox._in_thread`, one at a time.
+Blocking sqlite calls run behind one boundary, :meth:`Outbox._in_thread`, one at a time;
+a call runs to its end even if the task awaiting it is cancelled
+(:func:`~shopfloor.agent.seqstore.run_to_end`), and ``close()`` waits for it.
 """
 
 from __future__ import annotations
@@ -35,13 +43,17 @@ from typing import Final, Self, TypeVar
 
 from shopfloor.agent.errors import StoreError
 from shopfloor.agent.readings import Record
-from shopfloor.agent.seqstore import DB_NAME, DEFAULT_BLOCK, _SeqDb
-from shopfloor.contract.envelope import RecordKind
+from shopfloor.agent.seqstore import DB_NAME, DEFAULT_BLOCK, _SeqDb, run_to_end
+from shopfloor.contract.envelope import RecordKind, decode_envelope, parse_data_loss
+from shopfloor.contract.errors import ContractError
 
 DEFAULT_MAX_ROWS: Final = 200_000
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 #: ``event`` body name of the record that declares seqs the hub will never receive.
 DATA_LOSS_EVENT: Final = "data_loss"
+#: ``data_loss`` reason of seqs the outbox cap dropped.
+OUTBOX_FULL: Final = "outbox_full"
+_DATA_LOSS_MARK: Final = f'"event":"{DATA_LOSS_EVENT}"'.encode()
 _T = TypeVar("_T")
 
 
@@ -59,6 +71,9 @@ class OutboxRow:
 
 #: Turns a record and its seq into the row to store (topic, retain flag, envelope bytes).
 RowMaker = Callable[[Record, int], OutboxRow]
+#: Makes the ``data_loss`` event record(s) of a machine for inclusive seq ranges
+#: (reason ``outbox_full``); runs in the outbox thread, so it must be pure.
+LossMaker = Callable[[str, list[tuple[int, int]]], list[Record]]
 
 
 @dataclass(slots=True)
@@ -66,6 +81,8 @@ class AppendResult:
     rows: list[OutboxRow]
     #: Seqs dropped to keep the cap, per machine, ascending.
     dropped: dict[str, list[int]] = field(default_factory=dict)
+    #: The ``data_loss`` rows written (in the same transaction) to declare them.
+    declared: list[OutboxRow] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -86,6 +103,49 @@ class OutboxStats:
             "dropped_telemetry": self.dropped_telemetry,
             "dropped_other": self.dropped_other,
         }
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive ranges, sorted, overlapping and adjacent ones merged."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def subtract_ranges(
+    ranges: Sequence[tuple[int, int]], minus: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The seqs of inclusive ``ranges`` that are in none of ``minus``, as ranges."""
+    out: list[tuple[int, int]] = []
+    cut = merge_ranges(minus)
+    for first, last in merge_ranges(ranges):
+        a = first
+        for c, d in cut:
+            if d < a or c > last:
+                continue
+            if c > a:
+                out.append((a, c - 1))
+            a = d + 1
+            if a > last:
+                break
+        if a <= last:
+            out.append((a, last))
+    return out
+
+
+def _loss_in(payload: bytes, stream: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """(reason, ranges) if ``payload`` is a ``data_loss`` event of ``stream``."""
+    try:
+        loss = parse_data_loss(decode_envelope(payload).body)
+    except ContractError:
+        return None
+    if loss is None or loss.stream != stream:
+        return None
+    return loss.reason, list(loss.ranges)
 
 
 def seq_ranges(seqs: Sequence[int]) -> list[list[int]]:
@@ -125,6 +185,7 @@ class Outbox:
         self._lock = asyncio.Lock()
         self._closed = False
         self.last_seq = 0  # highest seq written (0: none yet)
+        self._acked_upto = 0  # the highest ack() of this process
 
     @classmethod
     async def open(
@@ -155,7 +216,9 @@ class Outbox:
                 raise
             return db, identity.stream, identity.epoch, next_free, depth, size, last
 
-        db, stream, epoch, next_free, depth, size, last = await asyncio.to_thread(start)
+        db, stream, epoch, next_free, depth, size, last = await run_to_end(
+            start, discard=lambda r: r[0].close()
+        )
         outbox = cls(
             db,
             stream,
@@ -178,45 +241,73 @@ class Outbox:
         return self._next
 
     async def _in_thread(self, fn: Callable[[], _T]) -> _T:
-        """The one place blocking sqlite work leaves the event loop (one call at a time)."""
+        """The one place blocking sqlite work leaves the event loop (one call at a time).
+
+        The lock is held until ``fn`` has returned, even if the caller is cancelled.
+        """
         async with self._lock:
             if self._closed:
                 raise StoreError(f"{self._db.path} is closed", path=str(self._db.path))
             try:
-                return await asyncio.to_thread(fn)
+                return await run_to_end(fn)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self._db.path}: {exc}", path=str(self._db.path)) from exc
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def append(self, records: Sequence[Record], make: RowMaker) -> AppendResult:
-        """Give every record its seq and store it, in one transaction; then apply the cap."""
+    async def append(
+        self, records: Sequence[Record], make: RowMaker, declare: LossMaker | None = None
+    ) -> AppendResult:
+        """Give every record its seq and store it, in one transaction; then apply the cap.
+
+        Whatever the cap drops is declared in the same transaction with the records
+        ``declare`` makes (required whenever the cap may be reached).
+        """
         if not records:
             return AppendResult(rows=[])
-        return await self._in_thread(lambda: self._append(records, make))
+        return await self._in_thread(lambda: self._append(records, make, declare))
 
-    def _append(self, records: Sequence[Record], make: RowMaker) -> AppendResult:
+    def _append(
+        self, records: Sequence[Record], make: RowMaker, declare: LossMaker | None
+    ) -> AppendResult:
         c = self._db.conn
-        durable = any(r.kind is not RecordKind.TELEMETRY for r in records)
-        need = self._next + len(records)
-        end = self._end
-        if need > end:
-            end = max(need, self._next + self._block)
-            durable = True  # a reservation is always a FULL commit
         rows = [make(record, self._next + i) for i, record in enumerate(records)]
+        depth = self.stats.depth + len(rows)
+        size = self.stats.bytes + sum(len(r.payload) for r in rows)
+        over = depth > self.max_rows or size > self.max_bytes
+        if over and declare is None:
+            raise ValueError("the outbox is full: append needs `declare` to declare the loss")
+        need = self._next + len(rows)
+        # A reservation, a drop (and its data_loss event) or anything but telemetry: FULL.
+        durable = over or need > self._end or any(r.kind is not RecordKind.TELEMETRY for r in rows)
         c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         c.execute("BEGIN IMMEDIATE")
         try:
-            if end != self._end:
+            self._insert(c, rows)
+            dropped: list[tuple[int, str, str]] = []
+            declared: list[OutboxRow] = []
+            if over:
+                dropped, (replaced, replaced_machine), depth, size = self._enforce_cap(
+                    c, depth, size, self._protected(rows)
+                )
+                if declare is not None and (dropped or replaced):
+                    # Seqs at or below the watermark need no declaration: the hub got them,
+                    # or an earlier data_loss event naming them.
+                    lost = subtract_ranges(
+                        [(seq, seq) for seq, _, _ in dropped] + replaced, [(0, self._acked_upto)]
+                    )
+                    machine = dropped[-1][1] if dropped else replaced_machine
+                    declared = [
+                        make(record, need + i) for i, record in enumerate(declare(machine, lost))
+                    ]
+                    self._insert(c, declared)
+                    need += len(declared)
+                    depth += len(declared)
+                    size += sum(len(r.payload) for r in declared)
+            end = self._end
+            if need > end:
+                end = max(need, self._next + self._block)
                 c.execute("UPDATE meta SET value = ? WHERE key = 'next_block'", (end,))
-            c.executemany(
-                "INSERT INTO outbox (seq, kind, machine, topic, retain, payload)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.seq, str(r.kind), r.machine, r.topic, int(r.retain), r.payload) for r in rows],
-            )
-            depth = self.stats.depth + len(rows)
-            size = self.stats.bytes + sum(len(r.payload) for r in rows)
-            dropped, depth, size = self._enforce_cap(c, depth, size)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -224,57 +315,96 @@ class Outbox:
         self._end = end
         self._next = need
         self.last_seq = need - 1
-        self.stats.appended += len(rows)
+        self.stats.appended += len(rows) + len(declared)
         self.stats.depth, self.stats.bytes = depth, size
-        result = AppendResult(rows=rows)
+        result = AppendResult(rows=rows, declared=declared)
         for seq, machine, kind in dropped:
             result.dropped.setdefault(machine, []).append(seq)
             if kind == RecordKind.TELEMETRY:
                 self.stats.dropped_telemetry += 1
             else:
                 self.stats.dropped_other += 1
-        kept = {r.seq for r in rows} - {seq for seq, _, _ in dropped}
-        result.rows = [r for r in rows if r.seq in kept]
+        gone = {seq for seq, _, _ in dropped}
+        result.rows = [r for r in rows if r.seq not in gone]
         return result
 
+    @staticmethod
+    def _insert(c: sqlite3.Connection, rows: Sequence[OutboxRow]) -> None:
+        c.executemany(
+            "INSERT INTO outbox (seq, kind, machine, topic, retain, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(r.seq, str(r.kind), r.machine, r.topic, int(r.retain), r.payload) for r in rows],
+        )
+
+    def _protected(self, rows: Sequence[OutboxRow]) -> set[int]:
+        """Rows of the batch the cap never drops: each machine's newest state, declarations."""
+        newest_state: dict[str, int] = {}
+        keep: set[int] = set()
+        for row in rows:
+            if row.kind is RecordKind.STATE:
+                newest_state[row.machine] = row.seq
+            elif row.kind is RecordKind.EVENT and _DATA_LOSS_MARK in row.payload:
+                keep.add(row.seq)
+        return keep | set(newest_state.values())
+
     def _enforce_cap(
-        self, c: sqlite3.Connection, depth: int, size: int
-    ) -> tuple[list[tuple[int, str, str]], int, int]:
-        dropped: list[tuple[int, str, str]] = []
-        if depth <= self.max_rows and size <= self.max_bytes:
-            return dropped, depth, size
-        # Once over, make a tenth of room: the data_loss event that follows must fit
-        # without pushing out yet another row.
+        self, c: sqlite3.Connection, depth: int, size: int, protected: set[int]
+    ) -> tuple[list[tuple[int, str, str]], tuple[list[tuple[int, int]], str], int, int]:
+        """Drop rows to a tenth below the cap.
+
+        Returns the dropped rows (seq, machine, kind), the replaced ranges and their machine,
+        and the new depth and size. The stream's pending ``outbox_full`` events are taken
+        out first: the caller's new one covers what they declared and their own seqs.
+        """
+        replaced: list[tuple[int, int]] = []
+        replaced_machine = ""
+        pending = c.execute(
+            "SELECT seq, machine, payload FROM outbox"
+            " WHERE kind = 'event' AND instr(payload, ?) > 0 ORDER BY seq",
+            (_DATA_LOSS_MARK,),
+        ).fetchall()
+        for seq, machine, payload in pending:
+            loss = _loss_in(bytes(payload), self.stream)
+            if loss is None or loss[0] != OUTBOX_FULL or int(seq) in protected:
+                continue
+            c.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            replaced.extend([*loss[1], (int(seq), int(seq))])
+            replaced_machine = str(machine)
+            depth -= 1
+            size -= len(payload)
+        # Once over, make a tenth of room: the data_loss event that follows must fit.
         max_rows = self.max_rows - max(1, self.max_rows // 10)
         max_bytes = self.max_bytes - max(1, self.max_bytes // 10)
+        dropped: list[tuple[int, str, str]] = []
         # Oldest telemetry first, then the oldest of the rest; data_loss events never.
-        for where in (
-            "kind = 'telemetry'",
-            "kind != 'telemetry' AND NOT (kind = 'event' AND instr(payload, ?) > 0)",
+        for where, params in (
+            ("kind = 'telemetry'", ()),
+            (
+                "kind != 'telemetry' AND NOT (kind = 'event' AND instr(payload, ?) > 0)",
+                (_DATA_LOSS_MARK,),
+            ),
         ):
-            params: tuple[object, ...] = (
-                () if "instr" not in where else (f'"event":"{DATA_LOSS_EVENT}"'.encode(),)
+            if depth <= max_rows and size <= max_bytes:
+                break
+            chosen: list[tuple[int, str, str]] = []
+            cursor = c.execute(
+                f"SELECT seq, machine, kind, length(payload) FROM outbox WHERE {where}"  # noqa: S608 - constant
+                " ORDER BY seq",
+                params,
             )
-            while depth > max_rows or size > max_bytes:
-                excess = max(depth - max_rows, 1)
-                victims = c.execute(
-                    f"SELECT seq, machine, kind, length(payload) FROM outbox WHERE {where}"  # noqa: S608 - constant
-                    " ORDER BY seq LIMIT ?",
-                    (*params, max(excess, 64)),
-                ).fetchall()
-                if not victims:
+            for seq, machine, kind, length in cursor:
+                if depth <= max_rows and size <= max_bytes:
                     break
-                chosen = []
-                for seq, machine, kind, length in victims:
-                    if depth <= max_rows and size <= max_bytes:
-                        break
-                    chosen.append((int(seq), str(machine), str(kind)))
-                    depth -= 1
-                    size -= int(length)
-                c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in chosen])
-                dropped.extend(chosen)
+                if int(seq) in protected:
+                    continue
+                chosen.append((int(seq), str(machine), str(kind)))
+                depth -= 1
+                size -= int(length)
+            cursor.close()
+            c.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s, _, _ in chosen])
+            dropped.extend(chosen)
         dropped.sort()
-        return dropped, depth, size
+        return dropped, (replaced, replaced_machine), depth, size
 
     async def ack(self, upto: int) -> int:
         """Delete every row with ``seq <= upto`` (the hub has committed them); return how many."""
@@ -297,6 +427,7 @@ class Outbox:
             return int(count), int(size)
 
         count, size = await self._in_thread(delete)
+        self._acked_upto = max(self._acked_upto, upto)
         self.stats.depth -= count
         self.stats.bytes -= size
         self.stats.acked += count
@@ -345,6 +476,27 @@ class Outbox:
 
         return await self._in_thread(find)
 
+    async def declared_lost(self) -> list[tuple[int, int]]:
+        """Seqs of this stream declared lost by ``data_loss`` events still in the outbox.
+
+        Those events have not been acknowledged, so they go out again with any replay that
+        covers them: their seqs need no second declaration.
+        """
+
+        def find() -> list[tuple[int, int]]:
+            rows = self._db.conn.execute(
+                "SELECT payload FROM outbox WHERE kind = 'event' AND instr(payload, ?) > 0",
+                (_DATA_LOSS_MARK,),
+            ).fetchall()
+            out: list[tuple[int, int]] = []
+            for (payload,) in rows:
+                loss = _loss_in(bytes(payload), self.stream)
+                if loss is not None:
+                    out.extend(loss[1])
+            return merge_ranges(out)
+
+        return await self._in_thread(find)
+
     async def first_seq(self) -> int | None:
         """The lowest seq still in the outbox, or None if it is empty."""
 
@@ -374,7 +526,7 @@ class Outbox:
                 finally:
                     self._db.close()
 
-            await asyncio.to_thread(finish)
+            await run_to_end(finish)
 
     async def __aenter__(self) -> Self:
         return self

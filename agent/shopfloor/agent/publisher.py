@@ -10,16 +10,20 @@ state, event and meta records are never dropped: their producer waits for room i
 
 - ``write_loop`` takes what is queued (up to ``batch_size`` records at a time), gives each
   record the next ``seq`` of the stream and writes it to the outbox in one transaction,
-  *before* anything is published. Rows dropped by the outbox cap become a ``data_loss``
-  event (also written to the outbox, never dropped).
+  *before* anything is published. Rows dropped by the outbox cap are declared in a
+  ``data_loss`` event written in the same transaction (never dropped; one per stream,
+  merged with the pending one).
 - ``send_loop`` publishes rows in seq order, QoS 1 (retained for state and meta). After
   every (re)connect it starts again from the oldest row still in the outbox: those rows
   were written before this connection, so they go out with ``replay: true``, not retained,
   and through a token bucket (``replay_rate`` per second). A PUBACK only moves the cursor.
 - ``control_loop`` reads the hub's retained ``_ack`` watermark (rows with ``seq`` at or
   below it are deleted, nothing else deletes a row) and the hub's ``_cmd/replay``
-  requests (the cursor moves back to ``from_seq``; seqs the outbox no longer has are
-  declared in a ``data_loss`` event with reason ``not_in_outbox``). If the watermark does
+  requests (the cursor moves back to ``from_seq``, but not below the watermark; seqs the
+  outbox no longer has are declared in a ``data_loss`` event: reason ``acked_earlier`` for
+  those at or below the watermark, which the hub asks for again only after losing them
+  (restored from a backup), ``not_in_outbox`` for the rest; seqs a ``data_loss`` event
+  still in the outbox declares are not declared twice). If the watermark does
   not move for ``resend_after_s`` while rows are outstanding and the hub says it is
   online, the un-acked rows are replayed too (backing off up to 10 minutes).
 
@@ -41,7 +45,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from shopfloor.agent.mqtt import IncomingMessage, MqttConnection
-from shopfloor.agent.outbox import Outbox, OutboxRow, seq_ranges
+from shopfloor.agent.outbox import (
+    OUTBOX_FULL,
+    LossMaker,
+    Outbox,
+    OutboxRow,
+    subtract_ranges,
+)
 from shopfloor.agent.readings import Record
 from shopfloor.contract.envelope import (
     MAX_LOSS_RANGES,
@@ -58,6 +68,9 @@ from shopfloor.contract.topics import AgentTopics, Channel, hub_status_topic
 log = logging.getLogger(__name__)
 
 RETAINED_KINDS: Final = frozenset({RecordKind.STATE, RecordKind.META})
+#: ``data_loss`` reasons of seqs declared on a replay request.
+NOT_IN_OUTBOX: Final = "not_in_outbox"
+ACKED_EARLIER: Final = "acked_earlier"
 
 
 class RecordQueue:
@@ -191,9 +204,9 @@ class Publisher:
         self._rewind: int | None = None
         self._cursor = 0  # next seq to send on this connection
         self.acked = 0  # the best watermark the hub has sent for our stream
+        self._hub_watermark = 0  # the latest one, even if lower (a hub restored from a backup)
         self._ack_progress_at = time.monotonic()
         self._resend_backoff = resend_after_s
-        self._declared_missing_upto = 0
         self.hub_online: bool | None = None
         #: Counters, also sent in ``_status`` (see :meth:`counters`).
         self.published = 0
@@ -252,42 +265,42 @@ class Publisher:
         )
 
     async def write(self, records: list[Record]) -> None:
-        """Write ``records`` to the outbox; declare whatever the cap dropped."""
-        result = await self.outbox.append(records, self.make_row)
+        """Write ``records`` to the outbox; whatever the cap drops is declared with them."""
+        result = await self.outbox.append(records, self.make_row, self._declarer())
         for row in result.rows:
             if row.retain:
                 self._retained[row.topic] = (row.seq, row.payload)
-        losses = result.dropped
-        rounds = 0
-        while losses and rounds < 10:
-            rounds += 1
-            events = [
-                self._loss_record(machine, seqs, "outbox_full") for machine, seqs in losses.items()
-            ]
-            dropped = sum(len(s) for s in losses.values())
+        if result.declared:
+            self.data_loss_events += len(result.declared)
             log.warning(
                 "outbox full (%d rows, %d bytes): dropped %d record(s); %d telemetry and %d other "
                 "dropped so far",
                 self.outbox.stats.depth,
                 self.outbox.stats.bytes,
-                dropped,
+                sum(len(s) for s in result.dropped.values()),
                 self.outbox.stats.dropped_telemetry,
                 self.outbox.stats.dropped_other,
             )
-            flat = [e for group in events for e in group]
-            self.data_loss_events += len(flat)
-            losses = (await self.outbox.append(flat, self.make_row)).dropped
         self._wake.set()
 
-    def _loss_record(self, machine: str, seqs: list[int], reason: str) -> list[Record]:
-        ranges = seq_ranges(sorted(seqs))
+    def _declarer(self) -> LossMaker:
+        """What the outbox thread calls to declare what the cap dropped (pure, clocks read now)."""
         wall, mono = self._wall(), self._mono()
+
+        def declare(machine: str, ranges: list[tuple[int, int]]) -> list[Record]:
+            return self._loss_records(machine, ranges, OUTBOX_FULL, wall, mono)
+
+        return declare
+
+    def _loss_records(
+        self, machine: str, ranges: list[tuple[int, int]], reason: str, wall: int, mono: int
+    ) -> list[Record]:
         out = []
         for i in range(0, len(ranges), MAX_LOSS_RANGES):
             part = ranges[i : i + MAX_LOSS_RANGES]
             loss = DataLoss(
                 stream=self.outbox.stream,
-                ranges=tuple((a, b) for a, b in part),
+                ranges=tuple(part),
                 reason=reason,
                 count=sum(b - a + 1 for a, b in part),
             )
@@ -405,9 +418,11 @@ class Publisher:
             log.warning("ignoring a bad message on %s: %s", message.topic, exc)
 
     async def _on_ack(self, payload: bytes) -> None:
-        watermark = decode_ack(payload).streams.get(self.outbox.stream)
-        if watermark is None or watermark <= self.acked:
-            return  # not ours, or older news than what we know
+        # A hub that does not name our stream has nothing of it (restored from a backup).
+        watermark = decode_ack(payload).streams.get(self.outbox.stream, 0)
+        self._hub_watermark = watermark
+        if watermark <= self.acked:
+            return  # older news than what we know (or the hub went back: see _on_replay)
         if watermark >= self.outbox.next_seq:
             log.warning(
                 "the hub acknowledges seq %d of stream %s, beyond the last one written (%d);"
@@ -428,39 +443,45 @@ class Publisher:
             log.info("ignoring a replay request for stream %s (not ours)", request.stream)
             return
         self.replay_requests += 1
-        start = max(request.from_seq, self.acked + 1)
+        acked = self.acked
+        # What is resent starts after the watermark: rows at or below it are deleted.
+        start = max(request.from_seq, acked + 1)
         log.info(
             "the hub asks for stream %s from seq %d; replaying from %d",
             request.stream,
             request.from_seq,
             start,
         )
-        # Seqs from there on that the outbox does not have will never come: say so.
-        holes = [
-            (max(a, self._declared_missing_upto + 1), b)
-            for a, b in await self.outbox.holes(start, self.outbox.next_seq - 1)
-            if b > self._declared_missing_upto
-        ]
-        if holes:
-            loss = DataLoss(
-                stream=self.outbox.stream,
-                ranges=tuple(holes),
-                reason="not_in_outbox",
-                count=sum(b - a + 1 for a, b in holes),
-            )
-            self._declared_missing_upto = holes[-1][1]
-            self.data_loss_events += 1
+        # Seqs from ``from_seq`` on that the outbox does not have will never come: say so.
+        # Those at or below our watermark were acknowledged, and deleted; a hub asks for them
+        # again after losing them (restored from a backup), and then its latest ack is below
+        # ``from_seq`` too. (A request that crossed a newer ack is stale: nothing to declare.)
+        # The rest are gone for other reasons. Seqs that a data_loss event in the outbox
+        # declares already are not declared twice: that event goes out again with the replay.
+        hub_went_back = self._hub_watermark < request.from_seq <= acked
+        declared = await self.outbox.declared_lost()
+        earlier = subtract_ranges([(request.from_seq, acked)] if hub_went_back else [], declared)
+        missing = subtract_ranges(
+            await self.outbox.holes(start, self.outbox.next_seq - 1), declared
+        )
+        wall, mono = self._wall(), self._mono()
+        records: list[Record] = []
+        for reason, ranges in ((ACKED_EARLIER, earlier), (NOT_IN_OUTBOX, missing)):
+            if not ranges:
+                continue
             log.warning(
-                "%d seq(s) of stream %s from %d on are not in the outbox; declaring them lost: %s",
-                loss.count,
+                "%d seq(s) of stream %s from %d on are not in the outbox (%s); declaring them"
+                " lost: %s",
+                sum(b - a + 1 for a, b in ranges),
                 self.outbox.stream,
-                start,
-                holes[:5],
+                request.from_seq,
+                reason,
+                ranges[:5],
             )
-            record = Record(
-                RecordKind.EVENT, self._default_machine, self._wall(), self._mono(), loss.to_body()
-            )
-            await self.write([record])
+            records.extend(self._loss_records(self._default_machine, ranges, reason, wall, mono))
+        if records:
+            self.data_loss_events += len(records)
+            await self.write(records)
         self._rewind = start
         self._wake.set()
 

@@ -11,12 +11,15 @@ in this file (schema version 2, ``PRAGMA user_version``; a version 1 file is upg
 place).
 
 Blocking sqlite calls run behind one boundary, :meth:`SeqStore._in_thread`, and only once
-per block of ``block_size`` seqs, never per message.
+per block of ``block_size`` seqs, never per message. Such a call runs to its end even when
+the task awaiting it is cancelled (:func:`run_to_end`): a sqlite thread is never left running
+on the connection while another call, or ``close()``, starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Callable
@@ -48,6 +51,26 @@ _T = TypeVar("_T")
 class StoreIdentity:
     stream: str
     epoch: int
+
+
+async def run_to_end(fn: Callable[[], _T], *, discard: Callable[[_T], object] | None = None) -> _T:
+    """``await asyncio.to_thread(fn)``, but a cancelled caller still waits for ``fn`` to end.
+
+    A thread cannot be stopped: if the awaiting task let go of its lock at once, the next
+    call would start a second thread on the same connection (with stale counters), or close
+    it under the running one. The cancellation is re-raised once ``fn`` has finished; its
+    result goes to ``discard`` (to close what it opened, say), its error is dropped.
+    """
+    job = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(job)
+    except asyncio.CancelledError:
+        while not job.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([job])
+        if not job.cancelled() and job.exception() is None and discard is not None:
+            discard(job.result())
+        raise
 
 
 class _SeqDb:
@@ -141,7 +164,7 @@ class SeqStore:
                 raise
             return db, identity, next_free
 
-        db, identity, next_free = await asyncio.to_thread(start)
+        db, identity, next_free = await run_to_end(start, discard=lambda r: r[0].close())
         return cls(db, identity, next_free, block_size)
 
     @property
@@ -151,7 +174,7 @@ class SeqStore:
     async def _in_thread(self, fn: Callable[[], _T]) -> _T:
         """The one place blocking sqlite work leaves the event loop."""
         try:
-            return await asyncio.to_thread(fn)
+            return await run_to_end(fn)
         except sqlite3.Error as exc:
             raise StoreError(f"{self._db.path}: {exc}", path=str(self._db.path)) from exc
 
@@ -172,7 +195,7 @@ class SeqStore:
         async with self._lock:
             if not self._closed:
                 self._closed = True
-                await asyncio.to_thread(self._db.close)
+                await run_to_end(self._db.close)
 
     async def __aenter__(self) -> Self:
         return self

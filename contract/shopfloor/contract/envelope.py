@@ -321,8 +321,10 @@ class DataLoss:
     """The body of a ``data_loss`` event: seqs of ``stream`` the agent will never send.
 
     ``ranges`` are inclusive ``[first, last]`` pairs. ``reason`` is ``outbox_full`` (the
-    outbox cap dropped them) or ``not_in_outbox`` (asked for by a replay request but gone:
-    a seq block skipped by a crash, or telemetry lost with a power cut).
+    outbox cap dropped them), ``not_in_outbox`` (asked for by a replay request but gone:
+    a seq block skipped by a crash, or telemetry lost with a power cut) or
+    ``acked_earlier`` (asked for by a hub whose watermark went back, e.g. restored from a
+    backup, after it had acknowledged them and the agent deleted them).
     """
 
     stream: str
