@@ -433,7 +433,7 @@ def parse_config(text: str, *, source: str = "<config>", base: Path | None = Non
                 f"{machine.id!r} is already used by machines[{seen_ids[machine.id]}]",
                 "Give every machine its own id.",
             )
-        if machine.port in seen_ports and not protocol_entry(machine.protocol).shared_port:
+        if machine.port in seen_ports:
             raise table.error(
                 "port",
                 f"{machine.port!r} is already used by machines[{seen_ports[machine.port]}]",

@@ -8,7 +8,7 @@ session.readings()``. The app never needs to know which protocol it is talking t
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
@@ -64,6 +64,3 @@ class ProtocolEntry:
     parse_options: Callable[[ConfigTable], object] = no_options
     min_poll_interval_s: float = 0.05
     default_baudrate: int = 115200
-    #: Several machines may share one port (an RS-485 bus with one unit id each).
-    shared_port: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
