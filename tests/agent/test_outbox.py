@@ -333,6 +333,43 @@ async def test_reconnect_replays_unacked_rows_in_order_rate_limited(tmp_path: Pa
         assert pub.replayed == 30
 
 
+async def test_live_rows_go_ahead_of_a_long_replay_and_nothing_is_sent_twice(
+    tmp_path: Path,
+) -> None:
+    async with await Outbox.open(tmp_path) as outbox:
+        conn = FakeConn()
+        pub = Publisher(
+            conn,  # type: ignore[arg-type]
+            outbox,
+            TOPICS,
+            default_machine="m1",
+            replay_rate=50.0,
+            replay_burst=1,
+            read_size=20,
+        )
+        conn.connected = False  # a long outage: 150 rows pile up (3 s of replay at 50/s)
+        async with running(pub):
+            await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(150)])
+            conn.connected = True
+            conn.reconnect()
+            await until(lambda: len(conn.sent) >= 10)
+            await pub.write([rec(RecordKind.STATE, 1000)])  # the machine changes state now
+            live_seq = outbox.last_seq
+            await until(lambda: live_seq in [e.seq for e in conn.envelopes()], limit_s=1.0)
+            backlog_sent = len([e for e in conn.envelopes() if e.replay])
+            assert backlog_sent < 120, "the live row waited for most of the backlog"
+            await until(lambda: len(conn.envelopes()) == 151, limit_s=10.0)
+            await asyncio.sleep(0.2)
+        envs = conn.envelopes()
+        assert sorted(e.seq for e in envs) == list(range(1, 152))  # each exactly once
+        live = next(e for e in envs if e.seq == live_seq)
+        assert not live.replay
+        assert all(e.replay for e in envs if e.seq != live_seq)
+        # The live state went out retained; no backlog row did (none is the newest state).
+        retained = [decode_envelope(p).seq for _, p, r in conn.sent if r]
+        assert retained == [live_seq]
+
+
 async def test_replay_request_rewinds_and_declares_what_is_gone(tmp_path: Path) -> None:
     async with await Outbox.open(tmp_path) as outbox:
         conn = FakeConn()

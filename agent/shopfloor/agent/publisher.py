@@ -16,7 +16,10 @@ state, event and meta records are never dropped: their producer waits for room i
 - ``send_loop`` publishes rows in seq order, QoS 1 (retained for state and meta). After
   every (re)connect it starts again from the oldest row still in the outbox: those rows
   were written before this connection, so they go out with ``replay: true``, not retained,
-  and through a token bucket (``replay_rate`` per second). A PUBACK only moves the cursor.
+  and through a token bucket (``replay_rate`` per second). Rows written while that backlog
+  is replayed go out at once, ahead of it (at most ``MAX_SENT_AHEAD``), so the live view
+  is current during a long replay; the hub orders everything by ``ts``. A PUBACK only
+  moves the cursor.
 - ``control_loop`` reads the hub's retained ``_ack`` watermark (rows with ``seq`` at or
   below it are deleted, nothing else deletes a row) and the hub's ``_cmd/replay``
   requests (the cursor moves back to ``from_seq``, but not below the watermark; seqs the
@@ -42,6 +45,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from shopfloor.agent.mqtt import IncomingMessage, MqttConnection
@@ -162,11 +166,29 @@ class TokenBucket:
 _REPLAY_FALSE: Final = b'"replay":false'
 _REPLAY_TRUE: Final = b'"replay":true'
 _MAX_RESEND_BACKOFF_S: Final = 600.0
+#: Live rows sent ahead of a replaying backlog, at most (then they wait their turn).
+MAX_SENT_AHEAD: Final = 10_000
 
 
 def as_replay(payload: bytes) -> bytes:
     """The same envelope with ``replay: true`` (the field comes before ``body``)."""
     return payload.replace(_REPLAY_FALSE, _REPLAY_TRUE, 1)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """What the sender knows about the current connection's backlog and live rows."""
+
+    generation: int = 0
+    replay_until: int = 0  # rows up to this seq were written before the connection: backlog
+    ahead: int = 1  # the next live row to send ahead of the backlog
+    sent_ahead: set[int] = field(default_factory=set)  # not yet passed by the cursor
+
+    def restart(self, generation: int, replay_until: int) -> None:
+        self.generation = generation
+        self.replay_until = replay_until
+        self.ahead = replay_until + 1
+        self.sent_ahead.clear()
 
 
 class Publisher:
@@ -329,46 +351,75 @@ class Publisher:
     # -- sending -----------------------------------------------------------------------------
 
     async def send_loop(self) -> None:
-        """Publish outbox rows in seq order forever; see the module docstring."""
-        generation = 0
-        replay_until = 0
+        """Publish outbox rows forever; see the module docstring.
+
+        Live rows (written after this connection started) go out as soon as they are
+        written, ahead of a backlog that is still being replayed at ``replay_rate``: the
+        hub orders by ``ts``, so the wall shows what a machine does now instead of minutes
+        of history first. The backlog cursor skips the rows already sent live.
+        """
+        lane = _Lane()
         while True:
             current = await self._conn.wait_connected()
-            if current != generation:
+            if current != lane.generation:
                 first = await self.outbox.first_seq()
                 self._cursor = first if first is not None else self.outbox.next_seq
-                replay_until = self.outbox.last_seq
+                lane.restart(current, self.outbox.last_seq)
                 await self.republish_retained(before=self._cursor)
-                generation = current
                 self._ack_progress_at = time.monotonic()
             self._check_resend()
             if self._rewind is not None:
                 self._cursor = min(self._cursor, self._rewind)
-                replay_until = max(replay_until, self.outbox.last_seq)
+                # The hub may lack what went ahead too: everything up to now is backlog.
+                lane.restart(lane.generation, max(lane.replay_until, self.outbox.last_seq))
                 self._rewind = None
             self._wake.clear()
+            if self._cursor <= lane.replay_until and len(lane.sent_ahead) < MAX_SENT_AHEAD:
+                await self._send_ahead(lane)
             rows = await self.outbox.read_from(self._cursor, self.read_size)
             if not rows:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._wake.wait()
                 continue
-            for row in rows:
-                if self._conn.generation != generation or self._rewind is not None:
-                    break
-                if row.seq <= replay_until:
-                    # Retained only if it is still the newest for its topic: an old state
-                    # from the backlog must not replace the current one in the broker.
-                    newest = self._retained.get(row.topic, (0, b""))[0] == row.seq
-                    await self._bucket.take()
-                    await self._conn.publish(
-                        row.topic, as_replay(row.payload), qos=1, retain=row.retain and newest
-                    )
-                    self.replayed += 1
-                else:
-                    await self._conn.publish(row.topic, row.payload, qos=1, retain=row.retain)
+            await self._send_in_order(lane, rows)
+
+    def _interrupted(self, lane: _Lane) -> bool:
+        return self._conn.generation != lane.generation or self._rewind is not None
+
+    async def _send_ahead(self, lane: _Lane) -> None:
+        """Publish the live rows written since the backlog replay began."""
+        for row in await self.outbox.read_from(max(lane.ahead, self._cursor), self.read_size):
+            if self._interrupted(lane):
+                return
+            await self._conn.publish(row.topic, row.payload, qos=1, retain=row.retain)
+            self.published += 1
+            lane.sent_ahead.add(row.seq)
+            lane.ahead = row.seq + 1
+
+    async def _send_in_order(self, lane: _Lane, rows: list[OutboxRow]) -> None:
+        """Publish ``rows`` from the cursor on: the backlog throttled, as replays."""
+        for row in rows:
+            if self._interrupted(lane):
+                return
+            if row.seq in lane.sent_ahead:
+                lane.sent_ahead.discard(row.seq)
+            elif row.seq <= lane.replay_until:
+                # Retained only if it is still the newest for its topic: an old state
+                # from the backlog must not replace the current one in the broker.
+                newest = self._retained.get(row.topic, (0, b""))[0] == row.seq
+                await self._bucket.take()
+                await self._conn.publish(
+                    row.topic, as_replay(row.payload), qos=1, retain=row.retain and newest
+                )
+                self.replayed += 1
                 self.published += 1
-                self._cursor = row.seq + 1
+            else:
+                await self._conn.publish(row.topic, row.payload, qos=1, retain=row.retain)
+                self.published += 1
+            self._cursor = row.seq + 1
+            if self._cursor <= lane.replay_until and self._wake.is_set():
+                return  # new live rows were written: send them before more backlog
 
     def _check_resend(self) -> None:
         """Replay un-acked rows if the watermark is stuck while the hub says it is online."""
