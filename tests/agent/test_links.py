@@ -4,11 +4,13 @@ import asyncio
 import contextlib
 import os
 import random
+import termios
 import tty
 from collections.abc import Iterator
 
 import pytest
 
+from shopfloor.agent.adapters.kiln_profile import load_profile
 from shopfloor.agent.errors import LinkClosedError, LinkError
 from shopfloor.agent.links import (
     FaultyLink,
@@ -18,6 +20,7 @@ from shopfloor.agent.links import (
     memory_pair,
     open_link,
 )
+from shopfloor.agent.sessions.kiln import KilnOptions, framed
 
 
 @pytest.fixture
@@ -66,6 +69,58 @@ async def test_serial_link_over_pty_both_ways(pty_pair: tuple[int, str]) -> None
     finally:
         await link.close()
         await link.close()  # twice is fine
+
+
+async def test_serial_link_applies_parity_and_stop_bits(pty_pair: tuple[int, str]) -> None:
+    master, path = pty_pair
+    link = SerialLink(path, 9600, parity="E", stopbits=2)
+    assert link.framing is None  # not open
+    assert link.is_pty
+    await link.open()
+    try:
+        # The tty itself has two stop bits. Parity: a pty has none, and Linux refuses to
+        # set it again on one; a real port (no hardware here) gets it the same way as the
+        # stop bits, through pyserial's settings.
+        assert link.framing == (9600, "N", 2)
+        assert termios.tcgetattr(master)[2] & termios.CSTOPB
+    finally:
+        await link.close()
+    plain = SerialLink(path, 9600)
+    await plain.open()
+    try:
+        assert plain.framing == (9600, "N", 1)
+        assert not termios.tcgetattr(master)[2] & termios.CSTOPB
+    finally:
+        await plain.close()
+
+
+def test_serial_link_rejects_impossible_framing() -> None:
+    with pytest.raises(LinkError, match="parity N/E/O, stop bits 1/2"):
+        SerialLink("/dev/ttyUSB0", parity="X")
+    with pytest.raises(LinkError, match="stop bits 1/2"):
+        SerialLink("/dev/ttyUSB0", stopbits=3)
+
+
+async def test_a_kiln_machine_opens_its_port_with_the_profiles_framing(
+    pty_pair: tuple[int, str],
+) -> None:
+    _, path = pty_pair
+    options = KilnOptions(profile=load_profile("cn7500"), parity="E", stopbits=2)
+    opened: list[SerialLink] = []
+
+    def open_plain() -> Link:
+        opened.append(SerialLink(path, 9600))
+        return opened[-1]
+
+    link = framed(open_plain, options)()
+    await link.open()
+    try:
+        assert opened == [link]
+        assert opened[0].framing == (9600, "N", 2)  # a pty: no parity, see above
+    finally:
+        await link.close()
+    tcp = framed(lambda: TcpLink("127.0.0.1", 1), options)()
+    assert isinstance(tcp, TcpLink)  # a TCP gateway has no framing to set
 
 
 async def test_serial_link_raises_closed_when_master_goes(pty_pair: tuple[int, str]) -> None:

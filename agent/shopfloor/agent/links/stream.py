@@ -35,6 +35,10 @@ class StreamPipe:
     def attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader, self._writer = reader, writer
 
+    def extra_info(self, name: str) -> object:
+        """The open transport's ``get_extra_info(name)``, or None when closed."""
+        return None if self._writer is None else self._writer.get_extra_info(name)
+
     def _closed(self, exc: BaseException | None = None) -> LinkClosedError:
         detail = f": {exc}" if exc else self._hangup
         return LinkClosedError(f"{self._name} is gone{detail}", port=self._name)

@@ -38,6 +38,7 @@ from shopfloor.agent.clock import Clock
 from shopfloor.agent.config import ConfigTable
 from shopfloor.agent.errors import ConfigError
 from shopfloor.agent.links.base import Link
+from shopfloor.agent.links.serial import SerialLink
 from shopfloor.agent.protocols.modbus_rtu import (
     BitsRead,
     ExceptionReply,
@@ -342,7 +343,20 @@ def _open_session(ctx: SessionContext) -> KilnSession:
     options = machine.options
     if not isinstance(options, KilnOptions):
         options = KilnOptions(profile=load_profile("cn7500"))
-    return KilnSession(machine.id, ctx.open_link, options, **machine_timing(ctx))
+    return KilnSession(machine.id, framed(ctx.open_link, options), options, **machine_timing(ctx))
+
+
+def framed(open_link: Callable[[], Link], options: KilnOptions) -> Callable[[], Link]:
+    """``open_link`` with the profile's (or the machine's) parity and stop bits applied to a
+    serial port; Modbus RTU controllers are often 8E1 or 8N2. TCP links are left alone."""
+
+    def open_framed() -> Link:
+        link = open_link()
+        if isinstance(link, SerialLink):
+            link.set_framing(options.parity, options.stopbits)
+        return link
+
+    return open_framed
 
 
 def default_options(profile: str | Path = "cn7500") -> KilnOptions:
