@@ -161,6 +161,7 @@ def test_batch_job_with_required_quantity_from_a_macro_variable() -> None:
     (ended,) = events(feed.items, "job_ended")
     assert {**ended.data, "job": None} == {
         "job": None,
+        "program": "O01234",
         "done": 3,
         "total": 3,
         "unit": "parts",
@@ -171,6 +172,22 @@ def test_batch_job_with_required_quantity_from_a_macro_variable() -> None:
     feed(idle(0), BUSY)
     assert len(events(feed.items, "job_started")) == 2
     assert len(events(feed.items, "part_counted")) == 3
+
+
+def test_a_job_seen_first_while_busy_learns_its_program_and_says_so() -> None:
+    feed = Feed(HaasAdapter(parts_required=2))
+    feed(Mode("MEM"), BUSY)  # the agent starts while the machine is already cutting
+    (started,) = events(feed.items, "job_started")
+    assert started.data["program"] is None
+    feed(BUSY, idle(7, "O05150"))  # between parts Q500 names the program
+    named = [e for e in events(feed.items, "job_progress") if e.data.get("program")]
+    assert named, "the hub never learns the program of the running job"
+    assert named[0].data["job"] == started.data["job"]
+    assert named[0].data["program"] == "O05150"
+    feed(BUSY, idle(8, "O05150"), BUSY, idle(9, "O05150"))
+    (ended,) = events(feed.items, "job_ended")
+    assert ended.data["program"] == "O05150"
+    assert ended.data["outcome"] == "completed"
 
 
 def test_batch_survives_holds_and_alarms_and_ends_when_the_program_changes() -> None:

@@ -237,7 +237,10 @@ class HaasAdapter:
         if event.program is not None:
             job = self._job
             if job is not None and job.program is None:
+                # Q500 names no program while BUSY: a job that started before the agent
+                # saw the machine idle learns its program now, and says so.
                 job.program = event.program
+                out.append(self._job_event("job_progress", ts_ms, mono_ms, job))
             elif job is not None and event.program != job.program:
                 out.extend(self._end_job(ts_ms, mono_ms))
             latest.program = event.program
@@ -360,6 +363,8 @@ class HaasAdapter:
             "total": job.total,
             "unit": "parts",
         }
+        if job.program is not None:
+            data["program"] = job.program
         if outcome is not None:
             data["outcome"] = outcome
         return DeviceEvent(ts_ms, mono_ms, event, data=data)
