@@ -137,3 +137,32 @@ def test_status_and_ack_round_trip() -> None:
 def test_hostile_json_is_our_error_not_a_crash(payload: bytes, reason: str) -> None:
     with pytest.raises(ContractError, match=reason):
         decode_envelope(payload)
+
+
+@pytest.mark.parametrize(
+    ("escape", "reason"),
+    [
+        ("\\ud800", "lone UTF-16 surrogate"),
+        ("tail\\uDFFF", "lone UTF-16 surrogate"),
+        ("\\ude00\\ud83d", "lone UTF-16 surrogate"),  # a pair in the wrong order
+        ("a\\u0000b", "NUL character"),
+    ],
+)
+def test_strings_no_database_can_store_are_rejected(escape: str, reason: str) -> None:
+    # Valid UTF-8 and valid JSON, but not text: SQLite's UTF-8 encoder and PostgreSQL's
+    # jsonb would fail on the whole batch (in a value, a key, or deep inside a list).
+    for body in (
+        f'{{"state":"RUNNING","detail":"{escape}"}}',
+        f'{{"state":"RUNNING","{escape}":1}}',
+        f'{{"state":"RUNNING","x":[[{{"y":"{escape}"}}]]}}',
+    ):
+        raw = _raw(_good()).replace(b'{"state": "RUNNING", "detail": "Run"}', body.encode())
+        assert escape.encode() in raw
+        with pytest.raises(ContractError, match=reason):
+            decode_envelope(raw)
+
+
+def test_escaped_text_that_is_unicode_is_fine() -> None:
+    body = '{"state":"RUNNING","detail":"\\ud83d\\ude00 \\u00e9 \\u0001"}'
+    raw = _raw(_good()).replace(b'{"state": "RUNNING", "detail": "Run"}', body.encode())
+    assert decode_envelope(raw).body["detail"] == "\U0001f600 \u00e9 \u0001"

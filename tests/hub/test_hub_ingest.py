@@ -61,6 +61,12 @@ async def test_good_messages_are_stored_bad_ones_rejected_and_acked(
         await broker.pub(topics.machine("cnc-1", Channel.TELEMETRY), b"{not json")
         spoofed = env(RecordKind.EVENT, agent="pi-9", seq=2)
         await broker.pub(topics.machine("cnc-1", Channel.EVENT), encode_envelope(spoofed))
+        # JSON that is not text (a lone surrogate) would fail the whole batch in the store.
+        lone = encode_envelope(env(RecordKind.EVENT, seq=4)).replace(
+            b'"body":{', b'"body":{"note":"\\ud800",', 1
+        )
+        assert b"\\ud800" in lone
+        await broker.pub(topics.machine("cnc-1", Channel.EVENT), lone)
         # Good messages keep flowing after the bad ones; one is delivered twice.
         tele = env(RecordKind.TELEMETRY, seq=2, ts=2_000)
         await broker.pub(topics.machine("cnc-1", Channel.TELEMETRY), encode_envelope(tele))
@@ -69,13 +75,13 @@ async def test_good_messages_are_stored_bad_ones_rejected_and_acked(
         await broker.pub(topics.machine("cnc-1", Channel.META), encode_envelope(meta), retain=True)
 
         async def all_arrived() -> bool:
-            return bool(ingest.counters["received"] >= 6)
+            return bool(ingest.counters["received"] >= 7)
 
         await wait_until(all_arrived)
         await wait_until(lambda: ingest.stats().queue_depth == 0 and ingest.counters["stored"] == 3)
         assert ingest.counters["duplicates"] == 1
-        assert ingest.counters["rejected"] == 2
-        assert ingest.rejected_by_reason == {"payload": 1, "agent_mismatch": 1}
+        assert ingest.counters["rejected"] == 3
+        assert ingest.rejected_by_reason == {"payload": 2, "agent_mismatch": 1}
         assert await hub.store.stream_progress("pi-1", "s1") == (3, 3)
         view = hub.trackers.get("cnc-1")
         assert view is not None
@@ -89,13 +95,14 @@ async def test_good_messages_are_stored_bad_ones_rejected_and_acked(
         ) as client:
             body = (await client.get("/api/v1/rejected")).json()
             health = (await client.get("/api/v1/health")).json()
-        assert body["total"] == 2
+        assert body["total"] == 3
         reasons = sorted(r["reason"] for r in body["rejected"])
         assert reasons[0] == "agent in payload 'pi-9' does not match topic 'pi-1'"
-        assert reasons[1].startswith("envelope payload is not JSON")
+        assert reasons[1].startswith("envelope payload has a lone UTF-16 surrogate")
+        assert reasons[2].startswith("envelope payload is not JSON")
         assert health["mqtt"]["connected"] is True
-        assert health["counters"]["rejected"] == 2
-        assert health["rejected_by_reason"]["payload"] == 1
+        assert health["counters"]["rejected"] == 3
+        assert health["rejected_by_reason"]["payload"] == 2
 
         # The retained _ack watermark tells the agent what it may delete.
         async def acked() -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -104,7 +105,36 @@ def _loads(payload: bytes, what: str) -> dict[str, Any]:
         raise ContractError(f"{what} payload is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ContractError(f"{what} payload must be a JSON object, got {type(obj).__name__}")
+    if _SUSPECT_ESCAPE.search(text):
+        _check_strings(obj, what)
     return obj
+
+
+#: Escapes that can decode to text no database stores: NUL, and UTF-16 surrogates (a lone
+#: one is not Unicode; a proper pair decodes to one character and is fine).
+_SUSPECT_ESCAPE: Final = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _check_strings(obj: object, what: str) -> None:
+    """Reject NUL characters and lone surrogates anywhere in ``obj`` (keys too)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise ContractError(f"{what} payload has a NUL character (\\u0000) in a string")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ContractError(
+                    f"{what} payload has a lone UTF-16 surrogate (\\ud800-\\udfff) in a string;"
+                    " send valid Unicode"
+                ) from None
 
 
 def _require_int(obj: Mapping[str, Any], key: str, *, low: int, high: int) -> int:
