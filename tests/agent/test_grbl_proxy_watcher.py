@@ -88,6 +88,7 @@ def test_a_streamed_job_starts_progresses_and_ends_completed() -> None:
         "unit": "lines",
         "total": 6,
         "source": "proxy",
+        "header": "Program: bracket.nc\nLines: 6",
     }
     assert wire.events("job_ended") == []
     wire.wait(1000, report=IDLE)

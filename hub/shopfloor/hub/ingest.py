@@ -66,6 +66,7 @@ from shopfloor.contract.topics import subscription_filters
 from shopfloor.hub.clock_sanity import ClockSanity, Verdict
 from shopfloor.hub.config import HubConfig
 from shopfloor.hub.errors import StoreError
+from shopfloor.hub.jobs import JobBook
 from shopfloor.hub.store.base import (
     BatchResult,
     Incoming,
@@ -186,10 +187,13 @@ class Ingest:
         gap_check_s: float = 1.0,
         clock_sanity: ClockSanity | None = None,
         max_pending: int = 1000,
+        jobs: JobBook | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.trackers = trackers
+        #: Handed every committed batch's new records (jobs with progress and ETA).
+        self.jobs = jobs
         self.clock = clock
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -304,6 +308,7 @@ class Ingest:
             self._sites.update(await self.store.agent_sites())
         except StoreError:
             log.exception("cannot read the known agents; their watermarks follow new data")
+        await self._load_jobs()
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(self._write_loop(), name="hub.ingest.writer")
             acker = tg.create_task(self._ack_loop(), name="hub.ingest.ack")
@@ -328,6 +333,17 @@ class Ingest:
             await writer
             self._ack_wake.set()
             await acker
+
+    async def _load_jobs(self) -> None:
+        """Rebuild the job book from the store before the first batch (after a crash it
+        catches up on events stored after its last commit)."""
+        if self.jobs is None:
+            return
+        try:
+            await self.jobs.load()
+        except Exception:
+            self.counters["job_book_errors"] += 1
+            log.exception("the job book could not load; it retries with the next batch")
 
     def _make_client(self) -> _Client:
         mqtt = self.config.mqtt
@@ -640,6 +656,12 @@ class Ingest:
                 await self.store.add_states(rows)
             except StoreError:
                 log.exception("could not store %d derived state change(s)", len(rows))
+        if self.jobs is not None and result.new:
+            try:
+                await self.jobs.apply(result.new)
+            except Exception:  # the batch is committed; the book rebuilds from the store
+                self.counters["job_book_errors"] += 1
+                log.exception("the job book failed on a batch of %d record(s)", len(result.new))
         self.trackers.publish_pending()
         self._note_acks(list(write.records))
         for p in batch:

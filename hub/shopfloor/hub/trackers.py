@@ -109,6 +109,8 @@ class MachineTracker:
     phase: str | None = None
     job: dict[str, Any] | None = None
     job_ts: int = -1
+    #: The job book's figures for one job (hub id, ETA): (agent job id, fields).
+    job_eta: tuple[str, dict[str, Any]] | None = None
     alarm: Alarm | None = None
     last_seen: int | None = None
     agent_online: bool = True
@@ -137,9 +139,17 @@ class MachineTracker:
             online=self.agent_online,
             # An OFFLINE machine's job is unknown until it reports again; keep it, the
             # agent's next snapshot says whether it is still running.
-            job=self.job,
+            job=self._job_view(),
             phase=None if self.offline else self.phase,
         )
+
+    def _job_view(self) -> Mapping[str, Any] | None:
+        """The job as the agent told it, with the job book's ETA when it is about this job."""
+        job = self.job
+        eta = self.job_eta
+        if job is None or eta is None or eta[0] != job.get("job"):
+            return job
+        return {**job, **{k: v for k, v in eta[1].items() if v is not None}}
 
     def apply_state(self, ts: int, body: Mapping[str, Any]) -> None:
         if ts < self.reported_ts:
@@ -331,6 +341,25 @@ class Trackers:
 
     def key_of(self, public_id: str) -> str | None:
         return self._by_id.get(public_id)
+
+    def public_id(self, key: str) -> str | None:
+        """The public id of the machine with hub key ``key`` (agent/machine), if known."""
+        return self._ids.get(key)
+
+    def set_job_eta(self, key: str, agent_job: str, fields: Mapping[str, Any] | None) -> None:
+        """The job book's figures (hub job id, ETA) for job ``agent_job`` of machine ``key``,
+        shown in the view's ``job`` while that job is the machine's; None forgets them.
+        The view is published with the next :meth:`publish_pending`."""
+        t = self._machines.get(key)
+        if t is None:
+            return
+        new = (agent_job, dict(fields)) if fields is not None else None
+        if fields is None and (t.job_eta is None or t.job_eta[0] != agent_job):
+            return
+        if new == t.job_eta:
+            return
+        t.job_eta = new
+        self._pending[key] = t
 
     # -- updating ----------------------------------------------------------------------------
 

@@ -90,6 +90,12 @@ _PROGRAM_MAX: Final = 120
 _COMMENT_RE: Final = re.compile(r"\(([^)]*)\)|;(.*)$")
 #: Lines of a job whose comments may name the program.
 _HEADER_LINES: Final = 50
+#: The job's header: its leading comment-only lines, sent in ``job_started`` as ``header``
+#: (the hub looks for an order reference there). At most this many lines and characters;
+#: ``job_started`` waits for the first line that is not a comment, or for the cap.
+HEADER_MAX_LINES: Final = 20
+HEADER_MAX_CHARS: Final = 1000
+_COMMENT_ONLY_RE: Final = re.compile(r"(?:\([^)]*\)\s*)+|;.*|%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,9 @@ class _Job:
     total: int | None = None
     program: str | None = None
     first_comment: str | None = None
+    #: Leading comment-only lines (their text), until the first other line.
+    header: list[str] = field(default_factory=list)
+    header_open: bool = True
     last_progress_mono: int | None = None
     progressed: int = 0  # done at the last job_progress
 
@@ -248,8 +257,11 @@ class StreamWatcher:
             job.sent += 1
             job_id = job.id
             self._read_header(job, text, items, ts_ms, mono_ms)
-            if not job.started and (
-                job.sent >= self.settings.min_job_lines or job.total is not None
+            self._collect_header(job, text)
+            if (
+                not job.started
+                and not job.header_open
+                and (job.sent >= self.settings.min_job_lines or job.total is not None)
             ):
                 self._start(job, items)
         self._pending.append(_Pending(program_line, job_id, mono_ms))
@@ -287,6 +299,24 @@ class StreamWatcher:
                 comment = (match.group(1) or match.group(2) or "").strip()
                 if comment:
                     job.first_comment = comment[:_PROGRAM_MAX]
+
+    @staticmethod
+    def _collect_header(job: _Job, text: str) -> None:
+        """Keep the program's leading comment lines; the first other line closes them."""
+        if not job.header_open:
+            return
+        if not _COMMENT_ONLY_RE.fullmatch(text):
+            job.header_open = False
+            return
+        for match in _COMMENT_RE.finditer(text):
+            comment = (match.group(1) or match.group(2) or "").strip()
+            if comment:
+                job.header.append(comment[:_PROGRAM_MAX])
+        while sum(len(c) + 1 for c in job.header) > HEADER_MAX_CHARS:
+            job.header.pop()
+            job.header_open = False
+        if len(job.header) >= HEADER_MAX_LINES or job.sent >= HEADER_MAX_LINES:
+            job.header_open = False
 
     def _on_host_reset(self, ts_ms: int, mono_ms: int, items: list[WatchItem]) -> None:
         self._line.clear()
@@ -432,20 +462,17 @@ class StreamWatcher:
         program = self._job_program(job)
         if program is not None:
             self._program = program
+        data: dict[str, object] = {
+            "job": job.id,
+            "program": program,
+            "unit": "lines",
+            "total": job.total,
+            "source": "proxy",
+        }
+        if job.header:
+            data["header"] = "\n".join(job.header)
         items.append(
-            DeviceEvent(
-                job.start_ts,
-                job.start_mono,
-                "job_started",
-                text=program or "",
-                data={
-                    "job": job.id,
-                    "program": program,
-                    "unit": "lines",
-                    "total": job.total,
-                    "source": "proxy",
-                },
-            )
+            DeviceEvent(job.start_ts, job.start_mono, "job_started", text=program or "", data=data)
         )
         job.last_progress_mono = job.start_mono
 

@@ -21,6 +21,10 @@
 // in progress in the machine's own unit (lines, bytes, parts, seconds): `done` of `total`,
 // `started` (epoch ms), `eta_s` (the machine's own estimate) and a kiln's `segment`. Any of
 // the job's fields may be missing or null; a job without a known total shows no bar.
+// The hub's job book adds its estimate of the end: `eta_at` with the range `eta_low_at` ..
+// `eta_high_at` (epoch ms) and `eta_origin` (linear, history, schedule, firmware); the tile
+// then shows "ends 14:32 · in 12 min" with the origin in small type (the range in the
+// title). Without `eta_at`, the machine's own `eta_s` shows as "about 12 min left".
 //
 // No dependencies, no build step, no network beyond the hub. Data only ever reaches the
 // document through textContent and attributes, never innerHTML.
@@ -147,6 +151,8 @@
       jobPct: q("job-pct"),
       jobCount: q("job-count"),
       jobEta: q("job-eta"),
+      jobEtaText: q("job-eta-text"),
+      jobEtaOrigin: q("job-eta-origin"),
       detail: q("detail"),
       seen: q("seen"),
       util: q("util"),
@@ -264,10 +270,39 @@
       if (elapsed && !(unit === "seconds" && done !== null)) parts.push(elapsed);
     }
     let eta = "";
-    if (isNum(job.eta_s) && job.eta_s >= 0) {
+    let etaOrigin = "";
+    let etaTitle = "";
+    if (isNum(job.eta_at)) {
+      const left = job.eta_at - t;
+      const clock = clockTime(job.eta_at, t);
+      eta = left < 60000 ? `ends ${clock} · any minute` : `ends ${clock} · in ${formatSpan(left / 1000)}`;
+      etaOrigin = ORIGINS[job.eta_origin] ? String(job.eta_origin) : "";
+      const range =
+        isNum(job.eta_low_at) && isNum(job.eta_high_at) && job.eta_high_at > job.eta_low_at
+          ? ` (likely between ${clockTime(job.eta_low_at, t)} and ${clockTime(job.eta_high_at, t)})`
+          : "";
+      etaTitle = `Expected end ${clock}${range}. ${ORIGINS[job.eta_origin] || "Estimated by the hub."}`;
+    } else if (isNum(job.eta_s) && job.eta_s >= 0) {
       eta = job.eta_s < 60 ? "less than a minute left" : `about ${formatSpan(job.eta_s)} left`;
+      etaTitle = "The machine's own estimate of the time left";
     }
-    return { fraction, count: parts.join(" · "), eta };
+    return { fraction, count: parts.join(" · "), eta, etaOrigin, etaTitle };
+  }
+
+  /** What each ETA origin means, for the tile's title. */
+  const ORIGINS = {
+    linear: "Estimated from this run's pace so far (pauses not counted).",
+    history: "Estimated from past runs of this program on this machine, blended with this run's pace.",
+    schedule: "From the firing schedule; it slips when the kiln lags behind it.",
+    firmware: "The machine's own estimate.",
+  };
+
+  /** "14:32", or "Tue 08:15" when the moment is not today. */
+  function clockTime(ms, t) {
+    const d = new Date(ms);
+    const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    if (d.toDateString() === new Date(t).toDateString()) return time;
+    return `${d.toLocaleDateString([], { weekday: "short" })} ${time}`;
   }
 
   /** No measurable progress: the bar is no progressbar and not shown. */
@@ -290,7 +325,7 @@
       show(els.job, false);
       return;
     }
-    const { fraction, count, eta } = described;
+    const { fraction, count, eta, etaOrigin, etaTitle } = described;
     const bar = els.jobBar;
     if (fraction === null) {
       // Nothing to measure against: no bar, no percentage, only what is done.
@@ -309,8 +344,11 @@
       show(els.jobMeter, true);
     }
     setText(els.jobCount, count);
-    setText(els.jobEta, eta);
-    setAttr(els.jobEta, "title", eta ? "The machine's own estimate of the time left" : null);
+    setText(els.jobEtaText, eta);
+    setText(els.jobEtaOrigin, etaOrigin);
+    show(els.jobEtaOrigin, Boolean(etaOrigin));
+    setAttr(els.jobEta, "title", eta ? etaTitle : null);
+    setAttr(els.jobEta, "data-origin", etaOrigin || null);
     show(els.jobEta, Boolean(eta));
     setAttr(tile, "data-job", fraction === null ? "count" : "bar");
     setAttr(tile, "data-eta", eta ? "true" : null);

@@ -1,0 +1,210 @@
+"""What the job book (:mod:`shopfloor.hub.jobs`) stores, and the store calls it needs.
+
+A :class:`JobRecord` is a :class:`~shopfloor.hub.store.base.JobRow` plus what the book
+needs to apply late events correctly and to learn from finished runs. Its stored columns
+carry the same names as its fields (``jobs`` table, SQLite migration 3), so another
+backend maps them one to one. :class:`JobBookStore` is what a store implements for the
+book, on top of the read-only :class:`~shopfloor.hub.store.base.Store` calls.
+
+This module imports nothing but the store's plain types: the stores import it, and it
+must not import the job book (which imports the stores' package).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from shopfloor.hub.store.base import EtaOrigin, Incoming, Interval, JobOutcome, JobRow
+
+__all__ = ["EndReason", "JobBookStore", "JobRecord", "PastRunRow", "StoredEvent"]
+
+
+class EndReason(enum.StrEnum):
+    EVENT = "event"  # the agent's job_ended
+    SUPERSEDED = "superseded"  # a later job started on the machine first (outcome aborted)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job as the book keeps it. ``id`` is None until it is first stored."""
+
+    id: int | None
+    machine_key: str
+    agent_job: str
+    program: str | None
+    unit: str
+    source: str | None
+    started_at: int
+    ended_at: int | None = None
+    outcome: JobOutcome | None = None
+    done: float | None = None
+    total: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+    eta_at: int | None = None
+    eta_low_at: int | None = None
+    eta_high_at: int | None = None
+    eta_origin: EtaOrigin | None = None
+    order_ref: str | None = None
+    updated_at: int = 0
+    # -- bookkeeping (stored, not in JobRow) ---------------------------------------------
+    #: The agent's job_started was seen (else started_at was inferred from another record).
+    started_known: bool = False
+    #: ts of the record the progress figures (done, total, detail) come from.
+    progress_ts: int | None = None
+    end_reason: EndReason | None = None
+    #: Working time (not PAUSED, not ALARM) from start to end; set when the job ends.
+    active_ms: int | None = None
+    #: The progress profile (:class:`~shopfloor.hub.jobs.eta.ProfileRecorder` JSON).
+    profile: dict[str, Any] | None = None
+    #: The program's header comment, if the agent sent one (bounded by the agent).
+    header: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.machine_key, self.agent_job)
+
+    @property
+    def running(self) -> bool:
+        return self.ended_at is None
+
+    def to_row(self) -> JobRow:
+        if self.id is None:
+            raise ValueError("a job has no id until it is stored")
+        return JobRow(
+            id=self.id,
+            machine_key=self.machine_key,
+            agent_job=self.agent_job,
+            program=self.program,
+            unit=self.unit,
+            source=self.source,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            outcome=self.outcome,
+            done=self.done,
+            total=self.total,
+            detail=dict(self.detail),
+            eta_at=self.eta_at,
+            eta_low_at=self.eta_low_at,
+            eta_high_at=self.eta_high_at,
+            eta_origin=self.eta_origin,
+            order_ref=self.order_ref,
+            updated_at=self.updated_at,
+        )
+
+    def public(self) -> tuple[Any, ...]:
+        """Every JobRow field but ``updated_at``: what a listener would see change."""
+        return (
+            self.machine_key,
+            self.agent_job,
+            self.program,
+            self.unit,
+            self.source,
+            self.started_at,
+            self.ended_at,
+            self.outcome,
+            self.done,
+            self.total,
+            tuple(sorted(self.detail.items())),
+            self.eta_at,
+            self.eta_low_at,
+            self.eta_high_at,
+            self.eta_origin,
+            self.order_ref,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PastRunRow:
+    """A completed run, as the history estimate reads it back."""
+
+    id: int
+    started_at: int
+    ended_at: int
+    total: float | None
+    active_ms: int
+    profile: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A stored record read back for the book's catch-up, with its insertion cursor."""
+
+    cursor: int
+    incoming: Incoming
+
+
+@runtime_checkable
+class JobBookStore(Protocol):
+    """The store calls the job book makes (SQLite: ``store/sqlite_jobs.py``)."""
+
+    async def jobs(
+        self,
+        *,
+        machine_key: str | None = None,
+        order_ref: str | None = None,
+        ids: Sequence[int] | None = None,
+        running: bool | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[JobRow]: ...
+
+    async def open_jobs(self) -> list[JobRecord]:
+        """Every job that has not ended."""
+        ...
+
+    async def job_record(self, machine_key: str, agent_job: str) -> JobRecord | None: ...
+
+    async def next_job_start(
+        self, machine_key: str, after_ms: int, *, exclude: tuple[str, str] | None = None
+    ) -> int | None:
+        """The earliest ``started_at`` of a job of the machine that started after
+        ``after_ms`` (``exclude``: a job key to leave out), or None."""
+        ...
+
+    async def save_jobs(
+        self, records: Sequence[JobRecord], *, cursor: int | None
+    ) -> list[JobRecord]:
+        """Insert or update ``records`` (by machine key and agent job) in one transaction,
+        and, if given, set the book's catch-up cursor; return them with their ids."""
+        ...
+
+    async def job_cursor(self) -> int:
+        """The insertion cursor of the last record the stored jobs reflect."""
+        ...
+
+    async def record_cursor(self) -> int:
+        """The insertion cursor of the newest stored record."""
+        ...
+
+    async def job_events_after(self, cursor: int, limit: int) -> list[StoredEvent]:
+        """Up to ``limit`` stored event records with a cursor above ``cursor``, in order."""
+        ...
+
+    async def past_runs(
+        self,
+        machine_key: str,
+        *,
+        program: str | None,
+        total: float | None,
+        unit: str,
+        before_ms: int,
+        limit: int,
+    ) -> list[PastRunRow]:
+        """The newest ``limit`` runs of the machine that completed (by their own
+        job_ended) before ``before_ms``: of the same program, or, when ``program`` is None,
+        without a program and with the same ``total``; in the same unit."""
+        ...
+
+    async def part_times(self, machine_key: str, limit: int) -> list[tuple[int, str | None]]:
+        """The newest ``limit`` part_counted events of the machine: (ts, program), oldest
+        first."""
+        ...
+
+    async def state_intervals(
+        self, key: str, from_ms: int, to_ms: int, *, now_ms: int
+    ) -> list[Interval]: ...

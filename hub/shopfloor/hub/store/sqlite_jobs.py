@@ -1,0 +1,421 @@
+"""Jobs in the SQLite store: the ``jobs`` table (migration 3) and the job book's calls.
+
+:class:`SqliteJobs` is a mixin of :class:`~shopfloor.hub.store.sqlite.SqliteStore`: it uses
+the store's writer connection under its lock for writes (one transaction per call) and the
+reader connection for reads. Column names equal the fields of
+:class:`~shopfloor.hub.store.job_records.JobRecord` (a
+:class:`~shopfloor.hub.store.base.JobRow` plus the book's bookkeeping), so another backend
+maps them one to one. The book's catch-up cursor is the ``records`` rowid of the last
+record its stored jobs reflect, kept in ``counters`` as ``jobs_cursor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import aiosqlite
+
+from shopfloor.contract import Envelope, RecordKind
+from shopfloor.hub.errors import StoreError
+from shopfloor.hub.store.base import EtaOrigin, Incoming, JobOutcome, JobRow
+from shopfloor.hub.store.job_records import EndReason, JobRecord, PastRunRow, StoredEvent
+
+__all__ = ["JOBS_MIGRATION", "SqliteJobs"]
+
+#: Migration 3 of the SQLite store (``store/sqlite.py`` MIGRATIONS).
+JOBS_MIGRATION: Final = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    machine_key TEXT NOT NULL,
+    agent_job TEXT NOT NULL,
+    program TEXT,
+    unit TEXT NOT NULL,
+    source TEXT,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    outcome TEXT CHECK (outcome IS NULL OR outcome IN ('completed', 'aborted', 'failed')),
+    done REAL,
+    total REAL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    eta_at INTEGER,
+    eta_low_at INTEGER,
+    eta_high_at INTEGER,
+    eta_origin TEXT
+        CHECK (eta_origin IS NULL OR eta_origin IN ('linear', 'history', 'schedule', 'firmware')),
+    order_ref TEXT,
+    updated_at INTEGER NOT NULL,
+    started_known INTEGER NOT NULL DEFAULT 0,
+    progress_ts INTEGER,
+    end_reason TEXT CHECK (end_reason IS NULL OR end_reason IN ('event', 'superseded')),
+    active_ms INTEGER,
+    profile TEXT,
+    header TEXT,
+    UNIQUE (machine_key, agent_job)
+) STRICT;
+CREATE INDEX jobs_machine_started ON jobs (machine_key, started_at);
+CREATE INDEX jobs_open ON jobs (machine_key) WHERE ended_at IS NULL;
+CREATE INDEX jobs_order_ref ON jobs (order_ref, id) WHERE order_ref IS NOT NULL;
+CREATE INDEX jobs_completed ON jobs (machine_key, program, ended_at)
+    WHERE outcome = 'completed' AND end_reason = 'event';
+"""
+
+#: The JobRow columns, in JobRow's order; a JobRecord adds the book's bookkeeping.
+_SELECT_ROWS: Final = (
+    "SELECT id, machine_key, agent_job, program, unit, source, started_at, ended_at, outcome,"
+    " done, total, detail, eta_at, eta_low_at, eta_high_at, eta_origin, order_ref, updated_at"
+    " FROM jobs"
+)
+_SELECT_RECORDS: Final = (
+    "SELECT id, machine_key, agent_job, program, unit, source, started_at, ended_at, outcome,"
+    " done, total, detail, eta_at, eta_low_at, eta_high_at, eta_origin, order_ref, updated_at,"
+    " started_known, progress_ts, end_reason, active_ms, profile, header FROM jobs"
+)
+_JOBS_SQL: Final = (
+    "SELECT id, machine_key, agent_job, program, unit, source, started_at, ended_at, outcome,"
+    " done, total, detail, eta_at, eta_low_at, eta_high_at, eta_origin, order_ref, updated_at"
+    " FROM jobs WHERE (:mk IS NULL OR machine_key = :mk)"
+    " AND (:ref IS NULL OR order_ref = :ref)"
+    " AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)))"
+    " AND (:running IS NULL OR (ended_at IS NULL) = :running)"
+    " AND (:since IS NULL OR ended_at IS NULL OR ended_at >= :since)"
+    " AND (:until IS NULL OR started_at < :until)"
+    " AND (:after IS NULL OR id < :after)"
+    " ORDER BY id DESC LIMIT :limit"
+)
+_CURSOR: Final = "jobs_cursor"
+_MAX_LIMIT: Final = 10_000
+
+_UPSERT_SQL: Final = (
+    "INSERT INTO jobs (machine_key, agent_job, program, unit, source, started_at, ended_at,"
+    " outcome, done, total, detail, eta_at, eta_low_at, eta_high_at, eta_origin, order_ref,"
+    " updated_at, started_known, progress_ts, end_reason, active_ms, profile, header)"
+    " VALUES (:machine_key, :agent_job, :program, :unit, :source, :started_at, :ended_at,"
+    " :outcome, :done, :total, :detail, :eta_at, :eta_low_at, :eta_high_at, :eta_origin,"
+    " :order_ref, :updated_at, :started_known, :progress_ts, :end_reason, :active_ms,"
+    " :profile, :header)"
+    " ON CONFLICT (machine_key, agent_job) DO UPDATE SET program = excluded.program,"
+    " unit = excluded.unit, source = excluded.source, started_at = excluded.started_at,"
+    " ended_at = excluded.ended_at, outcome = excluded.outcome, done = excluded.done,"
+    " total = excluded.total, detail = excluded.detail, eta_at = excluded.eta_at,"
+    " eta_low_at = excluded.eta_low_at, eta_high_at = excluded.eta_high_at,"
+    " eta_origin = excluded.eta_origin, order_ref = excluded.order_ref,"
+    " updated_at = excluded.updated_at, started_known = excluded.started_known,"
+    " progress_ts = excluded.progress_ts, end_reason = excluded.end_reason,"
+    " active_ms = excluded.active_ms, profile = excluded.profile, header = excluded.header"
+    " RETURNING id"
+)
+
+
+def _json(value: Mapping[str, Any] | None) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def _obj(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else None
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _row(r: Sequence[Any]) -> JobRow:
+    return JobRow(
+        id=int(r[0]),
+        machine_key=r[1],
+        agent_job=r[2],
+        program=r[3],
+        unit=r[4],
+        source=r[5],
+        started_at=int(r[6]),
+        ended_at=r[7],
+        outcome=JobOutcome(r[8]) if r[8] is not None else None,
+        done=_float(r[9]),
+        total=_float(r[10]),
+        detail=_obj(r[11]) or {},
+        eta_at=r[12],
+        eta_low_at=r[13],
+        eta_high_at=r[14],
+        eta_origin=EtaOrigin(r[15]) if r[15] is not None else None,
+        order_ref=r[16],
+        updated_at=int(r[17]),
+    )
+
+
+def _record(r: Sequence[Any]) -> JobRecord:
+    row = _row(r)
+    return JobRecord(
+        id=row.id,
+        machine_key=row.machine_key,
+        agent_job=row.agent_job,
+        program=row.program,
+        unit=row.unit,
+        source=row.source,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        outcome=row.outcome,
+        done=row.done,
+        total=row.total,
+        detail=dict(row.detail),
+        eta_at=row.eta_at,
+        eta_low_at=row.eta_low_at,
+        eta_high_at=row.eta_high_at,
+        eta_origin=row.eta_origin,
+        order_ref=row.order_ref,
+        updated_at=row.updated_at,
+        started_known=bool(r[18]),
+        progress_ts=r[19],
+        end_reason=EndReason(r[20]) if r[20] is not None else None,
+        active_ms=r[21],
+        profile=_obj(r[22]),
+        header=r[23],
+    )
+
+
+def _params(job: JobRecord) -> dict[str, Any]:
+    return {
+        "machine_key": job.machine_key,
+        "agent_job": job.agent_job,
+        "program": job.program,
+        "unit": job.unit,
+        "source": job.source,
+        "started_at": job.started_at,
+        "ended_at": job.ended_at,
+        "outcome": str(job.outcome) if job.outcome is not None else None,
+        "done": job.done,
+        "total": job.total,
+        "detail": _json(job.detail) or "{}",
+        "eta_at": job.eta_at,
+        "eta_low_at": job.eta_low_at,
+        "eta_high_at": job.eta_high_at,
+        "eta_origin": str(job.eta_origin) if job.eta_origin is not None else None,
+        "order_ref": job.order_ref,
+        "updated_at": job.updated_at,
+        "started_known": int(job.started_known),
+        "progress_ts": job.progress_ts,
+        "end_reason": str(job.end_reason) if job.end_reason is not None else None,
+        "active_ms": job.active_ms,
+        "profile": _json(job.profile),
+        "header": job.header,
+    }
+
+
+class SqliteJobs:
+    """The ``jobs`` half of :class:`~shopfloor.hub.store.sqlite.SqliteStore`."""
+
+    if TYPE_CHECKING:
+        path: Path
+        _lock: asyncio.Lock
+
+        @property
+        def _w(self) -> aiosqlite.Connection: ...
+
+        @property
+        def _r(self) -> aiosqlite.Connection: ...
+
+    # -- Store protocol ----------------------------------------------------------------------
+
+    async def jobs(
+        self,
+        *,
+        machine_key: str | None = None,
+        order_ref: str | None = None,
+        ids: Sequence[int] | None = None,
+        running: bool | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[JobRow]:
+        """Jobs matching every given filter, newest (highest id) first; a job overlaps
+        ``[since_ms, until_ms)`` when it started before ``until_ms`` and had not ended
+        before ``since_ms`` (a running job has not ended)."""
+        if ids is not None and not ids:
+            return []
+        params = {
+            "mk": machine_key,
+            "ref": order_ref,
+            "ids": json.dumps([int(i) for i in ids]) if ids is not None else None,
+            "running": None if running is None else int(running),
+            "since": since_ms,
+            "until": until_ms,
+            "after": after_id,
+            "limit": max(0, min(limit, _MAX_LIMIT)),
+        }
+        async with self._r.execute(_JOBS_SQL, params) as cur:
+            rows = await cur.fetchall()
+        return [_row(r) for r in rows]
+
+    async def job(self, job_id: int) -> JobRow | None:
+        async with self._r.execute(_SELECT_ROWS + " WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return _row(row) if row is not None else None
+
+    # -- the job book's calls ----------------------------------------------------------------
+
+    async def open_jobs(self) -> list[JobRecord]:
+        async with self._r.execute(
+            _SELECT_RECORDS + " WHERE ended_at IS NULL ORDER BY started_at, id"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [_record(r) for r in rows]
+
+    async def job_record(self, machine_key: str, agent_job: str) -> JobRecord | None:
+        async with self._r.execute(
+            _SELECT_RECORDS + " WHERE machine_key = ? AND agent_job = ?",
+            (machine_key, agent_job),
+        ) as cur:
+            row = await cur.fetchone()
+        return _record(row) if row is not None else None
+
+    async def next_job_start(
+        self, machine_key: str, after_ms: int, *, exclude: tuple[str, str] | None = None
+    ) -> int | None:
+        skip = exclude[1] if exclude is not None and exclude[0] == machine_key else None
+        async with self._r.execute(
+            "SELECT min(started_at) FROM jobs WHERE machine_key = :mk AND started_at > :after"
+            " AND (:skip IS NULL OR agent_job != :skip)",
+            {"mk": machine_key, "after": after_ms, "skip": skip},
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else None
+
+    async def save_jobs(
+        self, records: Sequence[JobRecord], *, cursor: int | None
+    ) -> list[JobRecord]:
+        async with self._lock:
+            conn = self._w
+            out: list[JobRecord] = []
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for job in records:
+                        async with conn.execute(_UPSERT_SQL, _params(job)) as cur:
+                            row = await cur.fetchone()
+                        assert row is not None
+                        saved = _copy(job)
+                        saved.id = int(row[0])
+                        out.append(saved)
+                    if cursor is not None:
+                        await conn.execute(
+                            "INSERT INTO counters (name, value) VALUES (?, ?)"
+                            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                            (_CURSOR, cursor),
+                        )
+                except BaseException:
+                    await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"writing jobs to {self.path} failed: {exc}") from exc
+            return out
+
+    async def job_cursor(self) -> int:
+        async with self._r.execute("SELECT value FROM counters WHERE name = ?", (_CURSOR,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def record_cursor(self) -> int:
+        async with self._r.execute("SELECT coalesce(max(rowid), 0) FROM records") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row is not None else 0
+
+    async def job_events_after(self, cursor: int, limit: int) -> list[StoredEvent]:
+        async with self._r.execute(
+            "SELECT r.rowid, r.agent, r.stream, r.seq, r.machine, r.ts, r.mono, r.received_at,"
+            " r.replay, r.body, coalesce(m.site, '')"
+            " FROM records r LEFT JOIN machines m ON m.key = r.agent || '/' || r.machine"
+            " WHERE r.rowid > ? AND r.kind = 'event' ORDER BY r.rowid LIMIT ?",
+            (cursor, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        out = []
+        for r in rows:
+            envelope = Envelope(
+                kind=RecordKind.EVENT,
+                agent=r[1],
+                machine=r[4],
+                stream=r[2],
+                seq=int(r[3]),
+                ts=int(r[5]),
+                body=_obj(r[9]) or {},
+                mono=r[6],
+                replay=bool(r[8]),
+            )
+            out.append(
+                StoredEvent(
+                    cursor=int(r[0]),
+                    incoming=Incoming(envelope=envelope, site=r[10], received_at=int(r[7])),
+                )
+            )
+        return out
+
+    async def past_runs(
+        self,
+        machine_key: str,
+        *,
+        program: str | None,
+        total: float | None,
+        unit: str,
+        before_ms: int,
+        limit: int,
+    ) -> list[PastRunRow]:
+        if program is None and total is None:
+            return []
+        async with self._r.execute(
+            "SELECT id, started_at, ended_at, total, active_ms, profile FROM jobs"
+            " WHERE machine_key = :mk AND outcome = 'completed' AND end_reason = 'event'"
+            " AND ended_at <= :before AND unit = :unit AND active_ms > 0"
+            " AND ((:program IS NOT NULL AND program = :program)"
+            "   OR (:program IS NULL AND program IS NULL AND total = :total))"
+            " ORDER BY ended_at DESC, id DESC LIMIT :limit",
+            {
+                "mk": machine_key,
+                "before": before_ms,
+                "unit": unit,
+                "program": program,
+                "total": total,
+                "limit": limit,
+            },
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            PastRunRow(
+                id=int(r[0]),
+                started_at=int(r[1]),
+                ended_at=int(r[2]),
+                total=_float(r[3]),
+                active_ms=int(r[4]),
+                profile=_obj(r[5]),
+            )
+            for r in rows
+        ]
+
+    async def part_times(self, machine_key: str, limit: int) -> list[tuple[int, str | None]]:
+        agent, _, machine = machine_key.partition("/")
+        async with self._r.execute(
+            "SELECT ts, json_extract(body, '$.program') FROM records"
+            " WHERE agent = ? AND machine = ? AND kind = 'event'"
+            " AND json_extract(body, '$.event') = 'part_counted'"
+            " ORDER BY ts DESC, rowid DESC LIMIT ?",
+            (agent, machine, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        times = [(int(ts), p if isinstance(p, str) and p else None) for ts, p in rows]
+        # Oldest first; two parts at the same ts (one with a program, one without) must not
+        # compare None with a str.
+        return sorted(times, key=lambda t: (t[0], t[1] is not None, t[1] or ""))
+
+
+def _copy(job: JobRecord) -> JobRecord:
+    return replace(job, detail=dict(job.detail))
