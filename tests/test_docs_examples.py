@@ -41,7 +41,11 @@ def test_every_api_path_is_on_the_api_page() -> None:
 
     page = (DOC.parent / "api.md").read_text()
     spec = create_app(parse_config('[hub]\nsite = "s"\n')).openapi()
-    # The page writes path parameters as {id}.
-    paths = [path.replace("{machine_id}", "{id}") for path in spec["paths"]]
-    missing = [path for path in paths if f"`GET {path}" not in page]
+    # The page writes machine path parameters as {id}; every operation is named with its method.
+    missing = [
+        f"{method.upper()} {path}"
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if f"`{method.upper()} {path.replace('{machine_id}', '{id}')}" not in page
+    ]
     assert not missing, f"docs/api.md does not mention: {missing}"

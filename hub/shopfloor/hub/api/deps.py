@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -14,6 +14,11 @@ from shopfloor.hub.config import ApiToken, Scope
 from shopfloor.hub.runtime import Hub
 
 _bearer = HTTPBearer(auto_error=False, description="a token from [[api.tokens]]")
+
+
+#: Ids and cursors are 64-bit in both stores; a larger number names nothing (and would
+#: overflow SQLite's integer binding), so it is refused as invalid.
+MAX_ID: Final = 2**63 - 1
 
 
 def get_hub(request: Request) -> Hub:
@@ -86,3 +91,5 @@ ReadToken = Annotated[ApiToken | None, Depends(require(Scope.READ))]
 ReadStreamToken = Annotated[
     ApiToken | None, Depends(require(Scope.READ, query_param="access_token"))
 ]
+WriteToken = Annotated[ApiToken | None, Depends(require(Scope.WRITE))]
+AdminToken = Annotated[ApiToken | None, Depends(require(Scope.ADMIN))]
