@@ -1,19 +1,21 @@
-"""Fixtures for the hub tests: envelopes, an open store, a config."""
+"""Fixtures for the hub tests: envelopes, an open store (on each backend), a config."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_support import BACKENDS, AnyStore, PgServer, StoreFactory, unique_schema
 
 from shopfloor.contract import Envelope, RecordKind
 from shopfloor.hub.config import HubConfig, parse_config
 from shopfloor.hub.store import Incoming, SqliteStore
+from shopfloor.hub.store.postgres import PostgresStore
 
 EnvFactory = Callable[..., Envelope]
 
@@ -62,9 +64,40 @@ def incoming() -> Callable[..., Incoming]:
     return build
 
 
+# --- the store, on SQLite and on the real PostgreSQL on 127.0.0.1:5432 ---------------------
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgServer]:
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.drop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(tmp_path / "hub.sqlite3") as s:
+def new_store(backend: str, tmp_path: Path, pg: PgServer) -> StoreFactory:
+    """Makes unopened stores of this test's backend, all on the same (initially empty)
+    database: a file in ``tmp_path``, or a PostgreSQL schema of this test's own."""
+    schema = unique_schema()
+
+    def make(**options: object) -> AnyStore:
+        if backend == "sqlite":
+            return SqliteStore(tmp_path / "hub.sqlite3", **options)  # type: ignore[arg-type]
+        return PostgresStore(pg.url(), schema=schema, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def store(new_store: StoreFactory) -> AsyncIterator[AnyStore]:
+    async with new_store() as s:
         yield s
 
 

@@ -19,7 +19,10 @@ from shopfloor.hub.clock_sanity import MIN_VALID_TS, ClockFlag, ClockSanity
 from shopfloor.hub.config import HubConfig
 from shopfloor.hub.ingest import Ingest
 from shopfloor.hub.store import Incoming, SqliteStore
+from shopfloor.hub.store.postgres import PostgresStore
 from shopfloor.hub.trackers import Trackers
+
+AnyStore = SqliteStore | PostgresStore
 
 EnvFactory = Callable[..., Envelope]
 Inc = Callable[..., Incoming]
@@ -189,7 +192,7 @@ def test_nothing_is_ever_stored_before_2020_or_in_the_future() -> None:
 
 
 async def test_ingest_corrects_flags_and_stores_the_agent_ts(
-    store: SqliteStore, env: EnvFactory, hub_config: Callable[..., HubConfig]
+    store: AnyStore, env: EnvFactory, hub_config: Callable[..., HubConfig]
 ) -> None:
     ingest, _ = offline_ingest(hub_config(), store)
     topic = "shopfloor/v1/shop1/pi-1/cnc-1/telemetry"
@@ -215,10 +218,13 @@ async def test_ingest_corrects_flags_and_stores_the_agent_ts(
     assert item3.clock == "flagged"
     assert item3.envelope.ts == NOW
     await store.insert_batch([item, item2, item3])
-    async with store._r.execute(
-        "SELECT seq, ts, clock, agent_ts FROM records ORDER BY agent, seq"
-    ) as cur:
-        rows = [tuple(r) for r in await cur.fetchall()]
+    query = "SELECT seq, ts, clock, agent_ts FROM records ORDER BY agent, seq"
+    if isinstance(store, SqliteStore):
+        async with store._r.execute(query) as cur:
+            rows = [tuple(r) for r in await cur.fetchall()]
+    else:
+        async with store._read() as conn:
+            rows = [tuple(r) for r in await conn.fetch(query)]
     assert rows == [
         (1, NOW, "corrected", 3_000),
         (2, NOW - 2_000, "corrected", 1_000),

@@ -1,23 +1,27 @@
-"""The SQLite event store: idempotency, watermarks, state intervals, rejected messages."""
+"""The event store on SQLite and PostgreSQL alike: idempotency, watermarks, state intervals,
+rejected messages. Every test runs once per backend (the ``store`` fixture), with the same
+expected answers."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+
+from pg_support import AnyStore, StoreFactory
 
 from shopfloor.contract import AgentStatus, Envelope, MachineState, RecordKind
 from shopfloor.hub.store import (
     Incoming,
     Interval,
     Rejection,
-    SqliteStore,
     StateRow,
     StateSource,
     StatusUpdate,
     WriteBatch,
     machine_key,
+    postgres,
+    sqlite,
 )
-from shopfloor.hub.store.sqlite import MIGRATIONS
+from shopfloor.hub.store.postgres import PostgresStore
 
 EnvFactory = Callable[..., Envelope]
 Inc = Callable[..., Incoming]
@@ -29,7 +33,7 @@ def state(env: EnvFactory, seq: int, ts: int, value: str, detail: str = "") -> E
 
 
 async def test_same_batch_twice_is_stored_once(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     batch = [incoming(env(RecordKind.TELEMETRY, seq=i, ts=1000 + i)) for i in range(1, 6)]
     assert await store.insert_batch(batch) == 5
@@ -40,7 +44,7 @@ async def test_same_batch_twice_is_stored_once(
 
 
 async def test_a_key_repeated_inside_one_batch_counts_once(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     one = incoming(env(RecordKind.EVENT, seq=1))
     result = await store.write(WriteBatch(records=[one, one]))
@@ -49,7 +53,7 @@ async def test_a_key_repeated_inside_one_batch_counts_once(
 
 
 async def test_watermark_is_contiguous_and_waits_for_gaps(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     def batch(*seqs: int, stream: str = "s1") -> list[Incoming]:
         return [incoming(env(RecordKind.EVENT, seq=s, stream=stream)) for s in seqs]
@@ -68,7 +72,7 @@ async def test_watermark_is_contiguous_and_waits_for_gaps(
 
 
 async def test_intervals_carry_in_clip_and_leave_the_last_open(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     await store.insert_batch(
         [
@@ -94,7 +98,7 @@ async def test_intervals_carry_in_clip_and_leave_the_last_open(
 
 
 async def test_time_before_the_first_record_is_offline(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     assert await store.state_intervals(KEY, 0, 1_000, now_ms=5_000) == [
         Interval(MachineState.OFFLINE, "no data", 0, 1_000)
@@ -108,7 +112,7 @@ async def test_time_before_the_first_record_is_offline(
 
 
 async def test_hub_offline_rows_end_the_agent_state_and_late_data_corrects_it(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     await store.insert_batch([incoming(state(env, 1, 1_000, "RUNNING"))])
     await store.add_states([StateRow(KEY, 4_000, MachineState.OFFLINE, "agent lost")])
@@ -128,7 +132,7 @@ async def test_hub_offline_rows_end_the_agent_state_and_late_data_corrects_it(
 
 
 async def test_machines_keep_the_newest_state_and_meta(
-    store: SqliteStore, env: EnvFactory, incoming: Inc
+    store: AnyStore, env: EnvFactory, incoming: Inc
 ) -> None:
     await store.insert_batch(
         [
@@ -147,7 +151,7 @@ async def test_machines_keep_the_newest_state_and_meta(
     assert row.latest == StateRow(KEY, 5_000, MachineState.RUNNING, "", StateSource.AGENT)
 
 
-async def test_status_from_an_older_boot_is_ignored(store: SqliteStore) -> None:
+async def test_status_from_an_older_boot_is_ignored(store: AnyStore) -> None:
     def update(online: bool, epoch: int) -> StatusUpdate:
         return StatusUpdate(AgentStatus("pi-1", online, epoch, 1), "shop1", 5)
 
@@ -158,8 +162,8 @@ async def test_status_from_an_older_boot_is_ignored(store: SqliteStore) -> None:
     assert agent.epoch == 3
 
 
-async def test_rejected_are_bounded_but_all_counted(tmp_path: Path) -> None:
-    async with SqliteStore(tmp_path / "r.sqlite3", keep_rejected=3) as s:
+async def test_rejected_are_bounded_but_all_counted(new_store: StoreFactory) -> None:
+    async with new_store(keep_rejected=3) as s:
         for i in range(5):
             await s.write(
                 WriteBatch(rejections=[Rejection(i, f"t/{i}", b"x" * 70_000, f"bad {i}")])
@@ -171,12 +175,36 @@ async def test_rejected_are_bounded_but_all_counted(tmp_path: Path) -> None:
 
 
 async def test_reopening_keeps_data_and_does_not_migrate_twice(
-    tmp_path: Path, env: EnvFactory, incoming: Inc
+    new_store: StoreFactory, env: EnvFactory, incoming: Inc
 ) -> None:
-    path = tmp_path / "again.sqlite3"
-    async with SqliteStore(path) as s:
+    async with new_store() as s:
         await s.insert_batch([incoming(env())])
-    async with SqliteStore(path) as s:
-        assert await s.schema_version() == MIGRATIONS[-1][0]
+    async with new_store() as s:
+        migrations = postgres.MIGRATIONS if isinstance(s, PostgresStore) else sqlite.MIGRATIONS
+        assert await s.schema_version() == max(version for version, _ in migrations)
         assert await s.insert_batch([incoming(env())]) == 0
         assert await s.ping()
+
+
+async def test_the_record_feed_follows_insertion_order_and_keeps_cursors(
+    store: AnyStore, env: EnvFactory, incoming: Inc
+) -> None:
+    def event(seq: int, ts: int) -> Incoming:
+        return incoming(env(RecordKind.EVENT, seq=seq, ts=ts))
+
+    assert await store.feed_head() == 0
+    await store.insert_batch([event(1, 5_000), event(2, 1_000)])
+    await store.insert_batch([event(3, 3_000), event(1, 5_000)])  # seq 1 again: not fed twice
+    got = await store.records_after(0, 10)
+    assert [(r.seq, r.ts, r.kind) for r in got] == [
+        (1, 5_000, "event"),
+        (2, 1_000, "event"),
+        (3, 3_000, "event"),
+    ]
+    assert got[0].body == {"event": "message", "text": "hi"}
+    assert [r.cursor for r in got] == sorted({r.cursor for r in got})
+    assert await store.records_after(got[1].cursor, 10) == [got[2]]
+    assert await store.feed_head() == got[2].cursor
+    await store.set_feed_cursor("mirror", got[1].cursor)
+    assert await store.feed_cursor("mirror") == got[1].cursor
+    assert await store.feed_cursor("someone-else") == 0

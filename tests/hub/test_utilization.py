@@ -1,20 +1,25 @@
 """Time in state and utilization against hand-computed answers on crafted timelines.
 
 Every timeline is a handful of state rows; every expected figure below is worked out by
-hand in the comment next to it. Times are minutes from T0 unless said otherwise.
+hand in the comment next to it. Times are minutes from T0 unless said otherwise. Every
+database test runs on SQLite and on PostgreSQL (the ``store`` fixture), with the same answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_support import BACKENDS, AnyStore, PgServer
 
 from shopfloor.contract import Envelope, MachineState, RecordKind
 from shopfloor.hub.domain.shifts import (
@@ -28,6 +33,7 @@ from shopfloor.hub.domain.shifts import (
 )
 from shopfloor.hub.domain.utilization import Figures, Planner, figures
 from shopfloor.hub.store import Incoming, SqliteStore, StateRow, StateSource, WriteBatch
+from shopfloor.hub.store.postgres import PostgresStore
 
 R, IDLE, P, OFF, A = (
     MachineState.RUNNING,
@@ -55,7 +61,7 @@ def row(minute: float, state: MachineState, source: StateSource = StateSource.AG
 
 
 async def tis(
-    store: SqliteStore, start_min: float, end_min: float, now_min: float = 10_000
+    store: AnyStore, start_min: float, end_min: float, now_min: float = 10_000
 ) -> dict[MachineState, int]:
     """Minutes in each state over [start, end) as the store sums them."""
     planner = Planner()
@@ -84,30 +90,30 @@ def test_bucket_boundaries_are_local_and_clipped() -> None:
     assert hours[1].label == "2026-11-23T02:00+0100"
 
 
-async def test_carry_in_state_from_before_the_window(store: SqliteStore) -> None:
+async def test_carry_in_state_from_before_the_window(store: AnyStore) -> None:
     # IDLE since -60, RUNNING at 10: over [0, 60) IDLE 10, RUNNING 50; nothing is OFFLINE.
     await store.add_states([row(-60, IDLE), row(10, R)])
     assert await tis(store, 0, 60) == {IDLE: 10, R: 50}
 
 
-async def test_time_before_the_first_data_is_offline(store: SqliteStore) -> None:
+async def test_time_before_the_first_data_is_offline(store: AnyStore) -> None:
     await store.add_states([row(20, R)])
     assert await tis(store, 0, 60) == {OFF: 20, R: 40}
 
 
-async def test_open_last_interval_stops_at_now(store: SqliteStore) -> None:
+async def test_open_last_interval_stops_at_now(store: AnyStore) -> None:
     # RUNNING since 30, still running; asked for [0, 120) at now = 60: 30 OFFLINE, 30 RUNNING,
     # and the 60 minutes after now are not in the answer at all.
     await store.add_states([row(30, R)])
     assert await tis(store, 0, 120, now_min=60) == {OFF: 30, R: 30}
 
 
-async def test_window_in_the_future_is_empty(store: SqliteStore) -> None:
+async def test_window_in_the_future_is_empty(store: AnyStore) -> None:
     await store.add_states([row(0, R)])
     assert await tis(store, 100, 200, now_min=50) == {}
 
 
-async def test_shift_boundary_in_the_middle_of_a_state(store: SqliteStore) -> None:
+async def test_shift_boundary_in_the_middle_of_a_state(store: AnyStore) -> None:
     # RUNNING 06:00-08:00, then IDLE; shift 07:00-15:30. Day: productive 2 h of 24 h; planned
     # 8.5 h of which 1 h productive. Shift bucket: 07:00-15:30 with RUNNING 1 h, IDLE 7.5 h.
     await store.add_states([row(6 * 60, R), row(8 * 60, IDLE)])
@@ -145,7 +151,7 @@ async def test_shift_boundary_in_the_middle_of_a_state(store: SqliteStore) -> No
     assert s.coverage == 1.0
 
 
-async def test_outage_without_replay_stays_offline(store: SqliteStore) -> None:
+async def test_outage_without_replay_stays_offline(store: AnyStore) -> None:
     # RUNNING from 0; the hub loses the agent at 20 (hub row OFFLINE); data is back at 40.
     await store.add_states(
         [
@@ -158,7 +164,7 @@ async def test_outage_without_replay_stays_offline(store: SqliteStore) -> None:
 
 
 async def test_outage_with_replay_fills_the_gap(
-    store: SqliteStore, env: EnvFactory, incoming: Callable[..., Incoming]
+    store: AnyStore, env: EnvFactory, incoming: Callable[..., Incoming]
 ) -> None:
     # Same outage; then the agent replays its outbox: heartbeats (RUNNING) every minute from
     # 20.5, a change to IDLE at 30, heartbeats of IDLE to 39.5. Only 20-20.5 stays unknown.
@@ -198,7 +204,7 @@ async def test_outage_with_replay_fills_the_gap(
     assert f.coverage == round(1 - 0.5 / 60, 6)
 
 
-async def test_hub_offline_inside_unbroken_agent_heartbeats_is_void(store: SqliteStore) -> None:
+async def test_hub_offline_inside_unbroken_agent_heartbeats_is_void(store: AnyStore) -> None:
     # The agent heartbeats RUNNING every minute, 0..19. The hub loses it (will) at 19.75 and
     # it is back at 40 (hub row). After the replay, heartbeats 20..39 are there too: no two
     # agent rows are more than 1 min apart, so with a 1 min gap the hub's mark is void and
@@ -233,7 +239,33 @@ async def test_hub_offline_inside_unbroken_agent_heartbeats_is_void(store: Sqlit
     assert await offline(0, 60, 30_000) == 15_000
 
 
-async def test_outage_without_replay_stays_offline_with_the_gap_rule(store: SqliteStore) -> None:
+async def test_the_timeline_voids_the_same_hub_offline_rows_as_utilization(
+    store: AnyStore,
+) -> None:
+    # The situation above: a hub mark at 19.75 inside unbroken (replayed) heartbeats, and a
+    # real outage later (no agent rows 50..70).
+    await store.add_states([*(row(m, R) for m in range(40)), row(19.75, OFF, StateSource.HUB)])
+    await store.add_states([row(40, R, StateSource.HUB), row(50, OFF, StateSource.HUB)])
+    await store.add_states([row(70, IDLE)])
+    now = T0 + 100 * MIN
+
+    async def offline_spans(start: float, gap: int | None) -> list[tuple[float, float]]:
+        got = await store.state_intervals(
+            KEY, T0 + int(start * MIN), T0 + 80 * MIN, now_ms=now, heartbeat_gap_ms=gap
+        )
+        assert got[0].start == T0 + int(start * MIN)
+        assert got[-1].end == T0 + 80 * MIN
+        assert all(a.end == b.start for a, b in itertools.pairwise(got))  # contiguous
+        return [((i.start - T0) / MIN, (i.end - T0) / MIN) for i in got if i.state is OFF]
+
+    assert await offline_spans(0, None) == [(19.75, 20), (50, 70)]
+    assert await offline_spans(0, MIN) == [(50, 70)]  # the real outage stays
+    # Starting inside the void mark carries in the agent's row before it, as utilization does.
+    assert await offline_spans(19.8, MIN) == [(50, 70)]
+    assert await offline_spans(19.8, None) == [(19.8, 20), (50, 70)]
+
+
+async def test_outage_without_replay_stays_offline_with_the_gap_rule(store: AnyStore) -> None:
     # Heartbeats to 19, the mark at 19.75, nothing from the agent until live data at 41.
     await store.add_states([*(row(m, R) for m in range(20)), row(19.75, OFF, StateSource.HUB)])
     await store.add_states([row(40, R, StateSource.HUB), row(41, R)])
@@ -255,7 +287,7 @@ async def test_outage_without_replay_stays_offline_with_the_gap_rule(store: Sqli
 
 
 async def test_a_replayed_row_at_the_same_ts_as_the_hub_offline_row_wins(
-    store: SqliteStore,
+    store: AnyStore,
 ) -> None:
     # Rows with equal ts are ordered by arrival: the later (replayed) one holds.
     await store.add_states([row(0, R), row(20, OFF, StateSource.HUB)])
@@ -264,7 +296,7 @@ async def test_a_replayed_row_at_the_same_ts_as_the_hub_offline_row_wins(
 
 
 async def test_overlapping_late_data_corrects_the_past(
-    store: SqliteStore, env: EnvFactory, incoming: Callable[..., Incoming]
+    store: AnyStore, env: EnvFactory, incoming: Callable[..., Incoming]
 ) -> None:
     # Live: RUNNING at 0, IDLE at 30. Late, out of order and twice (two overlapping replays):
     # PAUSED at 10, RUNNING at 20, ALARM at 25. Over [0, 60): RUNNING 0-10 and 20-25 = 15,
@@ -303,7 +335,7 @@ def test_dst_days_have_23_and_25_hours() -> None:
     assert [(w.label, w.duration_ms // HOUR) for w in occ] == [("2026-10-24 night", 9)]
 
 
-async def test_dst_day_utilization_in_the_database(store: SqliteStore) -> None:
+async def test_dst_day_utilization_in_the_database(store: AnyStore) -> None:
     spring = to_ms_local(date(2026, 3, 29), BERLIN)
     await store.add_states([StateRow(KEY, spring - HOUR, R, source=StateSource.AGENT)])
     planner = Planner()
@@ -376,19 +408,30 @@ def naive(rows: Sequence[tuple[int, int, MachineState]], start: int, end: int) -
 
 
 async def _sql(
-    rows: Sequence[tuple[int, int, MachineState]], windows: Sequence[tuple[int, int]], now: int
+    rows: Sequence[tuple[int, int, MachineState]],
+    windows: Sequence[tuple[int, int]],
+    now: int,
+    pg: PgServer | None,
 ) -> dict[int, Mapping[MachineState, int]]:
+    """The store's answer: a fresh SQLite file, or (``pg``) a machine key of its own in one
+    PostgreSQL schema shared by the examples (a schema per example would migrate 60 times)."""
     with tempfile.TemporaryDirectory() as tmp:
-        async with SqliteStore(Path(tmp) / "p.sqlite3") as store:
+        key = KEY if pg is None else f"pi-1/m{uuid.uuid4().hex[:12]}"
+        store: AnyStore = (
+            SqliteStore(Path(tmp) / "p.sqlite3")
+            if pg is None
+            else PostgresStore(pg.url(), schema="property_time_in_state")
+        )
+        async with store:
             # Inserted in arrival order: the row id breaks ts ties as ``naive`` does.
             await store.add_states(
-                [StateRow(KEY, ts, s, source=StateSource.AGENT) for ts, _, s in rows]
+                [StateRow(key, ts, s, source=StateSource.AGENT) for ts, _, s in rows]
             )
             planner = Planner()
             plans = [
                 planner.plan(
                     "m",
-                    KEY,
+                    key,
                     bucket=Bucket.NONE,
                     from_ms=a,
                     to_ms=b,
@@ -405,6 +448,7 @@ async def _sql(
             return out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     events=st.lists(
@@ -416,11 +460,15 @@ async def _sql(
     now=st.integers(0, 1200),
 )
 def test_time_in_all_states_equals_the_window(
-    events: list[tuple[int, MachineState]], windows: list[tuple[int, int]], now: int
+    backend: str,
+    pg: PgServer,
+    events: list[tuple[int, MachineState]],
+    windows: list[tuple[int, int]],
+    now: int,
 ) -> None:
     rows = [(ts, i, s) for i, (ts, s) in enumerate(events)]
     spans = [(a, a + length) for a, length in windows]
-    got = asyncio.run(_sql(rows, spans, now))
+    got = asyncio.run(_sql(rows, spans, now, pg if backend == "postgres" else None))
     for i, (a, b) in enumerate(spans):
         elapsed = max(0, min(b, now) - a)
         states = {str(k): v for k, v in got[i].items() if v}
