@@ -201,6 +201,23 @@ async def test_tokens_401_403_and_query_token_only_on_the_stream(
             assert (await client.get("/openapi.json")).status_code == 200
 
 
+async def test_health_is_503_when_the_broker_cannot_be_reached(
+    hub_config: Callable[..., HubConfig],
+) -> None:
+    config = hub_config(port=free_port())  # nothing listens there
+    async with open_hub(config, clock=lambda: NOW) as running:
+        app = create_app(config, hub=running)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://hub"
+        ) as client:
+            answer = await client.get("/api/v1/health")
+    assert answer.status_code == 503
+    body = answer.json()
+    assert body["status"] == "degraded"
+    assert body["store"] is True
+    assert body["mqtt"] == {"enabled": True, "connected": False}
+
+
 async def test_openapi_is_typed(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     schemas = doc["components"]["schemas"]

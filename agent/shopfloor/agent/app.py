@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from shopfloor.contract.envelope import AgentStatus, RecordKind, encode_status
 from shopfloor.contract.states import MachineState, Observation
 from shopfloor.contract.topics import AgentTopics
 from shopfloor.contract.version import agent_version
+from shopfloor.logs import LogFormatError, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -298,22 +300,10 @@ async def run_agent(config_path: str) -> None:
             loop.remove_signal_handler(sig)
 
 
-class _Formatter(logging.Formatter):
-    """``time level logger message machine=<id>``: greppable, one line per event."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        machine = getattr(record, "machine", None)
-        return f"{line} machine={machine}" if machine else line
-
-
 def _setup_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:  # leave a host's (or pytest's) logging alone
-        handler = logging.StreamHandler()
-        handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(level)
+    # Text on a terminal, JSON lines otherwise or with SHOPFLOOR_LOG_FORMAT=json (the
+    # machine id bound by _MachineLog is a field of its own); a host's logging is left alone.
+    setup_logging(level=level, environ=os.environ)
     # gmqtt logs every failed retry at WARNING; MqttConnection logs once per outage.
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
 
@@ -329,7 +319,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    try:
+        _setup_logging(args.log_level)
+    except LogFormatError as exc:
+        print(f"shopfloor agent: {exc}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_agent(args.config))
     except ConfigError as exc:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -17,7 +18,9 @@ from fastapi import FastAPI
 
 from shopfloor.hub.api.app import create_app
 from shopfloor.hub.config import HubConfig, load_config
+from shopfloor.hub.env import config_path, log_format
 from shopfloor.hub.errors import ConfigError, HubError
+from shopfloor.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +67,19 @@ def build_server(config: HubConfig) -> HubServer:
             port=config.api.port,
             lifespan="on",
             log_level="info",
+            # uvicorn's records go to the root logger, formatted by shopfloor.logs (JSON
+            # lines in a container) instead of uvicorn's own handlers.
+            log_config=None,
             timeout_graceful_shutdown=5,
         ),
         app,
     )
 
 
-async def run_hub(config_path: str | Path) -> None:
-    """Load the configuration and serve the hub until interrupted (SIGINT/SIGTERM)."""
-    config = load_config(config_path)
+async def run_hub(config_path: str | Path, environ: Mapping[str, str] | None = None) -> None:
+    """Load the configuration (with ``environ``'s overrides, see :mod:`shopfloor.hub.env`)
+    and serve the hub until interrupted (SIGINT/SIGTERM)."""
+    config = load_config(config_path, environ=environ)
     server = build_server(config)
     log.info(
         "hub for site %s listening on %s:%d", config.hub.site, config.api.host, config.api.port
@@ -88,13 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="shopfloor hub", description="Run the Shopfloor hub.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="ingest MQTT, store history, serve the API and wall page")
-    run.add_argument("--config", required=True, type=Path, help="the hub's TOML file")
-    ns = parser.parse_args(args)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    run.add_argument(
+        "--config", type=Path, help="the hub's TOML file (default: $SHOPFLOOR_HUB_CONFIG)"
     )
+    ns = parser.parse_args(args)
+    environ = dict(os.environ)
     try:
-        asyncio.run(run_hub(ns.config))
+        setup_logging(log_format(environ), level=logging.INFO)
+        asyncio.run(run_hub(config_path(ns.config, environ), environ))
     except ConfigError as exc:
         print(f"shopfloor hub: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
