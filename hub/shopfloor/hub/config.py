@@ -9,14 +9,16 @@ site = "shop1"            # this hub's own site: default client id, hub status t
 sites = ["shop1"]         # sites to ingest, or "+" for every site (default: [site])
 topic_root = "shopfloor/v1"  # topic root, the same as every agent's
 data_dir = "data"         # relative paths are relative to this file
-database = "hub.sqlite3"  # relative to data_dir
+database = "hub.sqlite3"  # relative to data_dir; or postgresql://user@host:5432/dbname
+database_pool = 5         # PostgreSQL only: reader connections (plus one writer)
+database_password_file = "pg-password"  # PostgreSQL only: the password, kept out of this file
 stale_after_s = 60        # a machine with no data for this long is OFFLINE
 
 [mqtt]
 url = "mqtt://127.0.0.1:1883"   # mqtts:// for TLS
 client_id = "hub-shop1"
 username = "hub"
-password = "..."
+password = "..."              # or password_file = "mqtt-password" (keeps it out of this file)
 ca_file = "ca.pem"
 cert_file = "hub.pem"
 key_file = "hub.key"
@@ -51,7 +53,17 @@ from urllib.parse import urlsplit
 
 from shopfloor.contract import DEFAULT_ROOT, ContractError, validate_id
 from shopfloor.contract.topics import validate_root
+from shopfloor.hub.database_url import (
+    EXAMPLE,
+    PostgresUrl,
+    UrlError,
+    is_postgres_url,
+    parse_postgres_url,
+)
+from shopfloor.hub.env import apply_env
 from shopfloor.hub.errors import ConfigError
+from shopfloor.hub.mirror.settings import MirrorSection, parse_mirror
+from shopfloor.hub.orders.settings import OrdersSection, parse_orders
 from shopfloor.hub.shifts import UtilizationSection, parse_utilization
 
 ALL_SITES: Final = "+"
@@ -90,8 +102,11 @@ class HubSection:
     site: str
     sites: tuple[str, ...] | None  # None = every site ("+")
     root: str = DEFAULT_ROOT
-    database: Path = Path("data/hub.sqlite3")
+    database: Path = Path("data/hub.sqlite3")  # the SQLite file, unless database_url is set
     stale_after_s: float = 60.0
+    #: Set when ``database`` is a ``postgresql://`` URL: the store is PostgreSQL, not SQLite.
+    database_url: PostgresUrl | None = None
+    database_pool: int = 5  # PostgreSQL reader connections (the writer has its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +132,24 @@ class ApiSection:
     tokens: tuple[ApiToken, ...] = ()
 
 
+#: The default ``[jobs] order_pattern``: "ORDER" as a word, then a reference with a digit
+#: ("(ORDER 1042)", "order: A-77", "Order#SO1042"); the first group is the reference.
+DEFAULT_ORDER_PATTERN: Final = r"(?i)\border\b[\s:#=-]*([a-z0-9_-]*\d[a-z0-9_-]*)"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsSection:
+    """``[jobs]``: how jobs link to orders and how much history the ETA learns from."""
+
+    #: Searched in the program name, then in the program's header comment; the group
+    #: named ``ref``, else the first group, is the order reference. None: no linking.
+    order_pattern: re.Pattern[str] | None = field(
+        default_factory=lambda: re.compile(DEFAULT_ORDER_PATTERN)
+    )
+    #: Past completed runs of the same program on the same machine the ETA learns from.
+    history_runs: int = 10
+
+
 @dataclass(frozen=True, slots=True)
 class HubConfig:
     hub: HubSection
@@ -125,15 +158,42 @@ class HubConfig:
     source: str = "<memory>"
     #: Shift calendars, machine groups and the utilization definition (all optional).
     utilization: UtilizationSection = field(default_factory=UtilizationSection)
+    #: Jobs: the order reference pattern and the ETA's history (all optional).
+    jobs: JobsSection = field(default_factory=JobsSection)
+    #: The metrics mirror to InfluxDB/VictoriaMetrics; None when ``[mirror]`` is absent.
+    mirror: MirrorSection | None = None
+    #: Order roll-up and webhook delivery settings (``[orders]``, ``[webhooks]``).
+    orders: OrdersSection = field(default_factory=OrdersSection)
 
 
-_SECTIONS: Final = ("hub", "mqtt", "api", "utilization", "groups", "calendars")
-_HUB_KEYS: Final = ("site", "sites", "topic_root", "data_dir", "database", "stale_after_s")
+_SECTIONS: Final = (
+    "hub",
+    "mqtt",
+    "api",
+    "utilization",
+    "groups",
+    "calendars",
+    "mirror",
+    "orders",
+    "webhooks",
+    "jobs",
+)
+_HUB_KEYS: Final = (
+    "site",
+    "sites",
+    "topic_root",
+    "data_dir",
+    "database",
+    "database_pool",
+    "database_password_file",
+    "stale_after_s",
+)
 _MQTT_KEYS: Final = (
     "url",
     "client_id",
     "username",
     "password",
+    "password_file",
     "ca_file",
     "cert_file",
     "key_file",
@@ -143,6 +203,7 @@ _MQTT_KEYS: Final = (
 )
 _API_KEYS: Final = ("host", "port", "tokens")
 _TOKEN_KEYS: Final = ("name", "sha256", "scopes")
+_JOBS_KEYS: Final = ("order_pattern", "history_runs")
 
 
 class _Reader:
@@ -214,23 +275,44 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def parse_config(text: str, *, source: str = "<memory>", base_dir: Path | None = None) -> HubConfig:
-    """Validate the TOML ``text``. ``source`` names the file in errors."""
+def parse_config(
+    text: str,
+    *,
+    source: str = "<memory>",
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> HubConfig:
+    """Validate the TOML ``text``. ``source`` names the file in errors. With ``environ``,
+    the variables of :mod:`shopfloor.hub.env` override their keys."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"is not valid TOML: {exc}", path=source, fix="check the syntax") from exc
+    if environ is not None:
+        raw = apply_env(raw, environ)
     base = base_dir if base_dir is not None else Path.cwd()
     top = _Reader(source, "", raw, _SECTIONS)
     hub = _parse_hub(_Reader(source, "hub", top.table_("hub"), _HUB_KEYS), base)
     mqtt = _parse_mqtt(_Reader(source, "mqtt", top.table_("mqtt"), _MQTT_KEYS), base, hub.site)
     api = _parse_api(_Reader(source, "api", top.table_("api"), _API_KEYS))
     utilization = parse_utilization(top)
-    return HubConfig(hub=hub, mqtt=mqtt, api=api, source=source, utilization=utilization)
+    mirror = parse_mirror(top, base)
+    orders = parse_orders(top)
+    jobs = _parse_jobs(_Reader(source, "jobs", top.table_("jobs"), _JOBS_KEYS))
+    return HubConfig(
+        hub=hub,
+        mqtt=mqtt,
+        api=api,
+        source=source,
+        utilization=utilization,
+        mirror=mirror,
+        orders=orders,
+        jobs=jobs,
+    )
 
 
-def load_config(path: str | Path) -> HubConfig:
-    """Read and validate the configuration file at ``path``."""
+def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> HubConfig:
+    """Read and validate the configuration file at ``path`` (with ``environ``'s overrides)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -238,7 +320,7 @@ def load_config(path: str | Path) -> HubConfig:
         raise ConfigError("file not found", path=str(file), fix="pass --config FILE") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot be read: {exc}", path=str(file)) from exc
-    return parse_config(text, source=str(file), base_dir=file.resolve().parent)
+    return parse_config(text, source=str(file), base_dir=file.resolve().parent, environ=environ)
 
 
 def _parse_hub(r: _Reader, base: Path) -> HubSection:
@@ -264,9 +346,58 @@ def _parse_hub(r: _Reader, base: Path) -> HubSection:
     except ContractError as exc:
         raise r.error("topic_root", exc.reason, f'use e.g. topic_root = "{DEFAULT_ROOT}"') from None
     data_dir = _resolve(base, r.str_("data_dir", "data") or "data")
-    database = _resolve(data_dir, r.str_("database", "hub.sqlite3") or "hub.sqlite3")
+    raw_database = r.str_("database", "hub.sqlite3") or "hub.sqlite3"
+    url = _database_url(r, base, raw_database)
+    database = _resolve(data_dir, "hub.sqlite3" if url else raw_database)
     stale = r.number("stale_after_s", 60.0, low=1.0, high=86400.0)
-    return HubSection(site=site, sites=sites, root=root, database=database, stale_after_s=stale)
+    return HubSection(
+        site=site,
+        sites=sites,
+        root=root,
+        database=database,
+        stale_after_s=stale,
+        database_url=url,
+        database_pool=r.integer("database_pool", 5, low=1, high=100),
+    )
+
+
+def _database_url(r: _Reader, base: Path, raw: str) -> PostgresUrl | None:
+    """The PostgreSQL URL when ``database`` is one (with the password from
+    ``database_password_file``), else None; the PostgreSQL-only keys need a URL."""
+    if not is_postgres_url(raw):
+        for key in ("database_pool", "database_password_file"):
+            if key in r.table:
+                raise r.error(
+                    key,
+                    "applies only to PostgreSQL, but database is an SQLite file",
+                    f'remove it, or set database = "{EXAMPLE}"',
+                )
+        return None
+    try:
+        url = parse_postgres_url(raw)
+    except UrlError as exc:
+        raise r.error("database", exc.problem, exc.fix) from None
+    file = r.str_("database_password_file")
+    if file is None:
+        return url
+    if url.password is not None:
+        raise r.error(
+            "database_password_file",
+            "the database URL holds a password too",
+            "remove the password from the URL (keep it in the file)",
+        )
+    path = _resolve(base, file)
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise r.error(
+            "database_password_file",
+            f"{path} cannot be read ({exc})",
+            "point it at a readable file",
+        ) from None
+    if not secret:
+        raise r.error("database_password_file", f"{path} is empty", "write the password into it")
+    return url.with_password(secret)
 
 
 def _parse_mqtt(r: _Reader, base: Path, site: str) -> MqttSection:
@@ -297,7 +428,7 @@ def _parse_mqtt(r: _Reader, base: Path, site: str) -> MqttSection:
         tls=tls or paths["ca_file"] is not None,
         client_id=client_id,
         username=r.str_("username"),
-        password=r.str_("password"),
+        password=_password(r, base),
         ca_file=paths["ca_file"],
         cert_file=paths["cert_file"],
         key_file=paths["key_file"],
@@ -305,6 +436,26 @@ def _parse_mqtt(r: _Reader, base: Path, site: str) -> MqttSection:
         keepalive_s=r.integer("keepalive_s", 30, low=5, high=3600),
         protocol=_protocol(r),
     )
+
+
+def _password(r: _Reader, base: Path) -> str | None:
+    """``password``, or the first line of ``password_file`` (which keeps it out of the file)."""
+    password, file = r.str_("password"), r.str_("password_file")
+    if file is None:
+        return password
+    if password is not None:
+        raise r.error("password", "both password and password_file are set", "keep one")
+    path = _resolve(base, file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise r.error(
+            "password_file", f"{path} cannot be read ({exc})", "point it at a readable file"
+        ) from None
+    secret = text.strip()
+    if not secret:
+        raise r.error("password_file", f"{path} is empty", "write the password into it")
+    return secret
 
 
 def _protocol(r: _Reader) -> str:
@@ -316,6 +467,28 @@ def _protocol(r: _Reader) -> str:
             'use protocol = "5", or "3.1.1" for a broker that speaks only 3.1.1 (amqtt)',
         )
     return str(value)
+
+
+def _parse_jobs(r: _Reader) -> JobsSection:
+    raw = r.table.get("order_pattern", DEFAULT_ORDER_PATTERN)
+    fix = (
+        "write a Python regular expression with one group for the reference, e.g. "
+        "'(?i)\\(ORDER\\s+(\\d+)\\)', or \"\" to link no jobs by pattern"
+    )
+    if not isinstance(raw, str):
+        raise r.error("order_pattern", f"must be a string, got {raw!r}", fix)
+    pattern: re.Pattern[str] | None = None
+    if raw:
+        try:
+            pattern = re.compile(raw)
+        except re.error as exc:
+            raise r.error(
+                "order_pattern", f"{raw!r} is not a valid regular expression ({exc})", fix
+            ) from None
+        if pattern.groups < 1:
+            raise r.error("order_pattern", f"{raw!r} has no group for the reference", fix)
+    runs = r.integer("history_runs", 10, low=0, high=100)
+    return JobsSection(order_pattern=pattern, history_runs=runs)
 
 
 def _parse_api(r: _Reader) -> ApiSection:

@@ -28,3 +28,13 @@ class ConfigError(HubError):
 
 class StoreError(HubError):
     """The event store failed: the database could not be opened, migrated or written."""
+
+
+class MirrorError(HubError):
+    """The metrics mirror could not deliver a batch. ``permanent``: the server refused the
+    data itself (HTTP 400, 413, 422), so sending the same lines again cannot succeed."""
+
+    def __init__(self, message: str, *, status: int | None = None, permanent: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.permanent = permanent

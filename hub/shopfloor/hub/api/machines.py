@@ -90,7 +90,10 @@ async def machine_states(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"the window is longer than {MAX_SPAN_DAYS} days; ask for a shorter one",
         )
-    intervals = await hub.store.state_intervals(key, start, end, now_ms=now)
+    # The same rule as utilization: a hub OFFLINE mark that the agent's own (replayed) rows
+    # show it never had is not an outage.
+    gap = int(hub.config.hub.stale_after_s * 1000)
+    intervals = await hub.store.state_intervals(key, start, end, now_ms=now, heartbeat_gap_ms=gap)
     elapsed = min(end, now) - start
     observed = sum(i.duration_ms for i in intervals if i.state is not MachineState.OFFLINE)
     return StatesResponse.model_validate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from shopfloor.contract import MachineState
+from shopfloor.hub.store.base import EtaOrigin
 
 
 class AlarmModel(BaseModel):
@@ -23,6 +24,14 @@ class JobModel(BaseModel):
     started: int | None = Field(None, description="epoch ms when the job started")
     eta_s: float | None = Field(None, description="the machine's own estimate of time left")
     segment: int | None = Field(None, description="a kiln's firing-schedule segment")
+    id: int | None = Field(None, description="the hub's id of this job: GET /api/v1/jobs/{id}")
+    eta_at: int | None = Field(None, description="epoch ms when the job is expected to end")
+    eta_low_at: int | None = Field(None, description="the earliest likely end (epoch ms)")
+    eta_high_at: int | None = Field(None, description="the latest likely end (epoch ms)")
+    eta_origin: EtaOrigin | None = Field(
+        None, description="where the ETA comes from: linear, history, schedule or firmware"
+    )
+    order_ref: str | None = Field(None, description="the order the program names, if any")
 
 
 class MachineViewModel(BaseModel):
@@ -70,6 +79,25 @@ class MqttHealth(BaseModel):
     connected: bool
 
 
+class MirrorHealthModel(BaseModel):
+    """The metrics mirror (docs/operations.md, "Metrics mirror")."""
+
+    target: str = Field(description="the InfluxDB/VictoriaMetrics URL, without credentials")
+    ok: bool = Field(description="running, and the last attempt succeeded")
+    running: bool
+    cursor: int = Field(description="the last record cursor delivered and committed")
+    head: int = Field(description="the highest record cursor stored")
+    lag: int = Field(description="records stored but not yet mirrored")
+    last_success_at: int | None = Field(description="epoch ms of the last successful round")
+    last_error: str | None
+    last_error_at: int | None
+    consecutive_failures: int
+    records_mirrored: int = Field(description="since the hub started")
+    points_written: int = Field(description="since the hub started")
+    records_refused: int = Field(description="refused by the server for good, and skipped")
+    skipped: dict[str, int] = Field(description="values that could not become points, by reason")
+
+
 class HealthResponse(BaseModel):
     status: str = Field(description="'ok', or 'degraded' when the store or MQTT is down")
     store: bool
@@ -81,6 +109,9 @@ class HealthResponse(BaseModel):
     machines: int
     stream_subscribers: int
     stream_dropped: int
+    mirror: MirrorHealthModel | None = Field(
+        None, description="the metrics mirror; null when none is configured"
+    )
 
 
 class RejectedModel(BaseModel):

@@ -1,8 +1,10 @@
 """The event store interface, and the plain records that cross it.
 
 The store is the source of truth. Everything the hub derives (the live view per machine,
-state intervals, utilization) can be rebuilt from it. SQLite implements it today
-(:mod:`shopfloor.hub.store.sqlite`); PostgreSQL implements the same protocol later.
+state intervals, utilization, jobs) can be rebuilt from it. Two backends implement it with
+the same schema and answers: SQLite (:mod:`shopfloor.hub.store.sqlite`, the default) and
+PostgreSQL (:mod:`shopfloor.hub.store.postgres`); :func:`~.factory.make_store` picks one
+from ``[hub] database``.
 """
 
 from __future__ import annotations
@@ -10,9 +12,24 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from shopfloor.contract import AgentStatus, Envelope, MachineState
+
+if TYPE_CHECKING:
+    from shopfloor.hub.orders.model import (
+        DeliveryRow,
+        DeliveryState,
+        DueDelivery,
+        LinkVia,
+        NewChange,
+        NewOrder,
+        OrderChange,
+        OrderLink,
+        OrderRow,
+        OrderStatus,
+        WebhookRow,
+    )
 
 
 def machine_key(agent: str, machine: str) -> str:
@@ -179,6 +196,75 @@ class RejectedRow:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A stored record read back in insertion order: the feed a downstream copy (the metrics
+    mirror) follows. ``cursor`` grows with every insert (one writer) and never changes."""
+
+    cursor: int
+    agent: str
+    stream: str
+    seq: int
+    machine: str
+    kind: str  # a RecordKind value
+    ts: int  # epoch ms (after clock sanity)
+    body: Mapping[str, Any]
+
+
+class JobOutcome(enum.StrEnum):
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+class EtaOrigin(enum.StrEnum):
+    """Where an ETA came from (docs/api.md "Jobs")."""
+
+    LINEAR = "linear"  # elapsed time / progress, extrapolated
+    HISTORY = "history"  # past runs of the same program on the same machine, blended with live
+    SCHEDULE = "schedule"  # a kiln's firing schedule arithmetic (slips when the kiln lags)
+    FIRMWARE = "firmware"  # the machine's own estimate (Marlin M73, a job_progress eta_s)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """One run of one program on one machine, as the hub knows it.
+
+    Written by the job book (:mod:`shopfloor.hub.jobs`) from the agent's job events; read by
+    the API, the wall, the order roll-up and the dashboards. ``id`` is the hub's own, stable
+    across restarts; ``agent_job`` is the id the agent chose (unique per machine).
+    """
+
+    id: int
+    machine_key: str
+    agent_job: str
+    program: str | None
+    unit: str  # lines, bytes, parts, seconds (the machine's own unit)
+    source: str | None  # proxy, firmware, schedule, counter
+    started_at: int  # epoch ms
+    ended_at: int | None  # None while running
+    outcome: JobOutcome | None  # None while running
+    done: float | None
+    total: float | None
+    #: Extra progress the machine reports in its own terms (kiln ``segment``, ``errors``).
+    detail: Mapping[str, Any]
+    eta_at: int | None  # epoch ms; None when no estimate can be made
+    eta_low_at: int | None  # the range around eta_at
+    eta_high_at: int | None
+    eta_origin: EtaOrigin | None
+    #: The order reference found by the configured pattern in the program name or header
+    #: comment (for example ``(ORDER 1042)`` -> ``"1042"``), if any.
+    order_ref: str | None
+    updated_at: int  # epoch ms of the last change
+
+    @property
+    def progress(self) -> float | None:
+        """done / total in [0, 1], or None when the total is unknown."""
+        if self.done is None or not self.total:
+            return None
+        return max(0.0, min(1.0, self.done / self.total))
+
+
 class Store(Protocol):
     """The hub's async event store. One writer; reads may run concurrently."""
 
@@ -219,9 +305,17 @@ class Store(Protocol):
         ...
 
     async def state_intervals(
-        self, key: str, from_ms: int, to_ms: int, *, now_ms: int
+        self,
+        key: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        now_ms: int,
+        heartbeat_gap_ms: int | None = None,
     ) -> list[Interval]:
-        """Contiguous intervals covering [from_ms, min(to_ms, now_ms)); no data = OFFLINE."""
+        """Contiguous intervals covering [from_ms, min(to_ms, now_ms)); no data = OFFLINE.
+        ``heartbeat_gap_ms`` voids hub OFFLINE rows by the same rule as :meth:`time_in_state`,
+        so a timeline and the utilization of the same window agree."""
         ...
 
     async def time_in_state(
@@ -244,3 +338,129 @@ class Store(Protocol):
     async def rejected_total(self) -> int:
         """How many messages were ever rejected (the table itself keeps only the newest)."""
         ...
+
+    async def records_after(self, cursor: int, limit: int) -> list[StoredRecord]:
+        """Up to ``limit`` stored records with a cursor above ``cursor``, in cursor order."""
+        ...
+
+    # -- the record feed's consumers (the metrics mirror) -------------------------------------
+
+    async def feed_head(self) -> int:
+        """The highest record cursor stored so far; 0 when there are no records."""
+        ...
+
+    async def feed_cursor(self, name: str) -> int:
+        """The cursor consumer ``name`` last committed; 0 (deliver everything) if never set."""
+        ...
+
+    async def set_feed_cursor(self, name: str, cursor: int) -> None:
+        """Durably commit ``cursor`` (>= 0) as consumer ``name``'s position: every record up
+        to and including it was delivered. Sets the value as given (no max())."""
+        ...
+
+    # -- jobs (see JobRow) ---------------------------------------------------------------------
+
+    async def jobs(
+        self,
+        *,
+        machine_key: str | None = None,
+        order_ref: str | None = None,
+        ids: Sequence[int] | None = None,
+        running: bool | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[JobRow]:
+        """Jobs matching every given filter, newest first (by ``id``, which grows with
+        ``started_at``); ``since_ms``/``until_ms`` select jobs overlapping that span;
+        ``after_id`` pages on (only ids below it)."""
+        ...
+
+    async def job(self, job_id: int) -> JobRow | None: ...
+
+
+@runtime_checkable
+class OrderStore(Store, Protocol):
+    """A store that also keeps orders, their job links and status changes, webhook
+    subscriptions and their outbox (store/sqlite_orders.py; docs/api.md "Orders",
+    "Webhooks"). The order book runs only on such a store."""
+
+    async def create_order(
+        self, order: NewOrder, *, key: str | None, now: int
+    ) -> tuple[OrderRow, bool]:
+        """Create, or answer the order an earlier identical request created (True if new);
+        raises IdempotencyConflictError for the same key with a different body."""
+        ...
+
+    async def order(self, order_id: int) -> OrderRow | None: ...
+
+    async def order_by_ref(self, ref: str) -> OrderRow | None: ...
+
+    async def orders(
+        self,
+        *,
+        statuses: Sequence[OrderStatus] | None = None,
+        ref: str | None = None,
+        due_before: int | None = None,
+        due_after: int | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[OrderRow]:
+        """Orders matching every filter, newest first; ``after_id`` pages on."""
+        ...
+
+    async def link_job(self, order_id: int, job_id: int, *, via: LinkVia, now: int) -> bool: ...
+
+    async def unlink_job(self, order_id: int, job_id: int) -> bool: ...
+
+    async def order_links(self, order_id: int) -> list[OrderLink]: ...
+
+    async def orders_of_jobs(self, job_ids: Sequence[int]) -> dict[int, int]: ...
+
+    async def record_order_change(self, change: NewChange) -> OrderChange | None:
+        """Status, change log and webhook outbox rows in one transaction (compare and set
+        on the order's change_seq; None if it moved on)."""
+        ...
+
+    async def order_changes(
+        self, *, order_id: int | None = None, after_id: int = 0, limit: int = 100
+    ) -> list[OrderChange]: ...
+
+    async def add_webhook(
+        self, *, url: str, events: Sequence[str], secret: str, description: str, now: int
+    ) -> WebhookRow: ...
+
+    async def webhooks(self) -> list[WebhookRow]: ...
+
+    async def webhook(self, webhook_id: int) -> WebhookRow | None: ...
+
+    async def delete_webhook(self, webhook_id: int, *, now: int) -> bool: ...
+
+    async def due_deliveries(self, now: int, limit: int) -> list[DueDelivery]: ...
+
+    async def next_delivery_at(self) -> int | None: ...
+
+    async def finish_attempt(
+        self,
+        delivery_id: int,
+        *,
+        state: DeliveryState,
+        next_at: int,
+        status: int | None,
+        error: str | None,
+        now: int,
+    ) -> None: ...
+
+    async def deliveries(
+        self,
+        *,
+        webhook_id: int | None = None,
+        state: DeliveryState | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[DeliveryRow]: ...
+
+    async def delivery(self, delivery_id: int) -> DeliveryRow | None: ...
+
+    async def redeliver(self, webhook_id: int, delivery_id: int, *, now: int) -> bool: ...

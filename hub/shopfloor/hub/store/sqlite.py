@@ -37,6 +37,9 @@ from shopfloor.hub.store.base import (
     WriteBatch,
     machine_key,
 )
+from shopfloor.hub.store.sqlite_feed import FEED_MIGRATION, SqliteFeed
+from shopfloor.hub.store.sqlite_jobs import JOBS_MIGRATION, SqliteJobs
+from shopfloor.hub.store.sqlite_orders import ORDERS_MIGRATION, SqliteOrders
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,9 @@ MIGRATIONS: Final[tuple[tuple[int, str], ...]] = (
         CREATE INDEX data_loss_stream ON data_loss (agent, stream, from_seq);
         """,
     ),
+    (3, JOBS_MIGRATION),  # jobs (store/sqlite_jobs.py)
+    FEED_MIGRATION,  # 5: feed_cursors (store/sqlite_feed.py)
+    ORDERS_MIGRATION,  # 4: orders, webhooks and their outbox (store/sqlite_orders.py)
 )
 
 #: Time in state, computed in SQL: each change lasts until the next (lead), clipped to the
@@ -151,12 +157,14 @@ _INTERVALS_SQL: Final = """
 WITH seg AS (
     SELECT id, state, detail, ts,
            lead(ts) OVER (ORDER BY ts, id) AS next_ts
-    FROM state_changes
+    FROM state_changes c
     WHERE machine_key = :key
       AND ts < :end
       AND ts >= coalesce(
-            (SELECT max(ts) FROM state_changes WHERE machine_key = :key AND ts <= :start),
+            (SELECT max(x.ts) FROM state_changes x
+             WHERE x.machine_key = :key AND x.ts <= :start AND NOT {void_x}),
             :start)
+      AND NOT {void_c}
 ),
 clipped AS (
     SELECT id, state, detail, ts,
@@ -195,6 +203,10 @@ _VOID_SQL: Final = """
      - (SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
         AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= :gap, 0))
 """
+_INTERVALS_SQL_VOIDED: Final = _INTERVALS_SQL.replace(
+    "{void_x}", _VOID_SQL.replace("{x}", "x")
+).replace("{void_c}", _VOID_SQL.replace("{x}", "c"))  # constant fragments only
+
 _TIME_IN_STATE_SQL: Final = """
 WITH w AS MATERIALIZED (
     SELECT json_extract(value, '$[0]') AS wid, json_extract(value, '$[1]') AS key,
@@ -252,7 +264,7 @@ def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-class SqliteStore:
+class SqliteStore(SqliteFeed, SqliteOrders, SqliteJobs):
     """:class:`~shopfloor.hub.store.base.Store` on one SQLite file."""
 
     def __init__(self, path: str | Path, *, keep_rejected: int = DEFAULT_KEEP_REJECTED) -> None:
@@ -684,13 +696,20 @@ class SqliteStore:
         return {str(a): str(s) for a, s in rows}
 
     async def state_intervals(
-        self, key: str, from_ms: int, to_ms: int, *, now_ms: int
+        self,
+        key: str,
+        from_ms: int,
+        to_ms: int,
+        *,
+        now_ms: int,
+        heartbeat_gap_ms: int | None = None,
     ) -> list[Interval]:
         end = min(to_ms, now_ms)
         if end <= from_ms:
             return []
+        gap = -1 if heartbeat_gap_ms is None else heartbeat_gap_ms
         async with self._r.execute(
-            _INTERVALS_SQL, {"key": key, "start": from_ms, "end": end}
+            _INTERVALS_SQL_VOIDED, {"key": key, "start": from_ms, "end": end, "gap": gap}
         ) as cur:
             rows = await cur.fetchall()
         return [Interval(MachineState(s), str(d), int(f), int(t)) for s, d, f, t, _, _ in rows]
