@@ -9,8 +9,9 @@
 
 Grafana cannot read the hub's config, so what the dashboards need from it is written into
 the dashboard JSON here: the shop's time zone (the dashboards' ``timezone``, and the days
-and shifts computed in SQL), the productive states, the machine groups and the shift
-calendars (weekly shifts, holidays, overtime, which machine follows which calendar).
+and shifts computed in SQL), the productive states, the machine groups, the shift
+calendars (weekly shifts, holidays, overtime, which machine follows which calendar) and
+the heartbeat gap (``[hub] stale_after_s``) by which a hub OFFLINE mark is voided.
 Regenerate after changing those sections of the hub config.
 
 Every panel queries the hub's PostgreSQL store through Grafana's own PostgreSQL
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from shopfloor.contract import MachineState
-from shopfloor.hub.config import load_config
+from shopfloor.hub.config import HubConfig, load_config
 from shopfloor.hub.shifts import UtilizationSection
 
 HERE: Final = Path(__file__).resolve().parent
@@ -48,8 +49,6 @@ WALL_UID: Final = "shopfloor-wall"
 REPORT_UID: Final = "shopfloor-utilization"
 #: The group variable's value for machines in no group.
 NO_GROUP: Final = "__none__"
-#: How far back the wall looks for the start of a job that is still running.
-JOB_LOOKBACK_MS: Final = 7 * 86_400_000
 
 # -- SQL building blocks ----------------------------------------------------------------------
 
@@ -91,15 +90,40 @@ class Shop:
     productive: tuple[MachineState, ...]
     groups: Mapping[str, tuple[str, ...]]
     util: UtilizationSection
+    #: ``[hub] stale_after_s`` in ms: the heartbeat gap of the OFFLINE void rule.
+    heartbeat_gap_ms: int
 
     @classmethod
-    def from_config(cls, util: UtilizationSection) -> Shop:
+    def from_config(cls, config: HubConfig) -> Shop:
+        util = config.utilization
         productive = tuple(s for s in MachineState if s in util.productive_states)
-        return cls(util.timezone, productive, dict(util.groups), util)
+        gap = int(config.hub.stale_after_s * 1000)  # as the hub's API computes it
+        return cls(util.timezone, productive, dict(util.groups), util, gap)
 
     @property
     def tz(self) -> str:
         return _lit(self.timezone)
+
+    def live(self, x: str) -> str:
+        """True for a state row ``x`` that counts: not a hub-sourced OFFLINE mark with the
+        agent's own rows around it at most the heartbeat gap apart (it kept observing; a
+        replay after the outage proved it). The hub's ``_VOID_SQL``
+        (``hub/shopfloor/hub/store/postgres_queries.py``, docs/state-model.md "State
+        intervals" rule 6), with the gap from the hub config."""
+        return f"""NOT ({x}.source = 'hub' AND {x}.state = 'OFFLINE' AND coalesce(
+      (SELECT vn.ts FROM state_changes vn WHERE vn.machine_key = {x}.machine_key
+         AND vn.ts > {x}.ts AND vn.source = 'agent' ORDER BY vn.ts LIMIT 1)
+      - (SELECT vp.ts FROM state_changes vp WHERE vp.machine_key = {x}.machine_key
+         AND vp.ts <= {x}.ts AND vp.source = 'agent' ORDER BY vp.ts DESC LIMIT 1)
+      <= {self.heartbeat_gap_ms}, false))"""
+
+    def midnight(self, ms: str) -> str:
+        """Epoch ms of the shop's local midnight that starts the day of epoch ms ``ms``."""
+        tz = self.tz
+        return (
+            f"(extract(epoch FROM date_trunc('day', to_timestamp({ms} / 1000.0) AT TIME ZONE "
+            f"{tz}) AT TIME ZONE {tz}) * 1000)::bigint"
+        )
 
     # -- machine selection -------------------------------------------------------------------
 
@@ -245,7 +269,9 @@ win AS (
     def time_in_state_cte(self) -> str:
         """``tis``: per window of ``win``, milliseconds per state, summed from the state rows
         ordered by time (lead): the last row at or before the window start is carried in,
-        every segment is clipped to the window; the time no row covers is OFFLINE."""
+        every segment is clipped to the window; the time no row covers is OFFLINE. Voided
+        hub OFFLINE marks (:meth:`live`) are left out, as the hub's ``time_in_state``
+        does."""
         sums = ",\n      ".join(
             f"coalesce(sum(d) FILTER (WHERE state = {_lit(str(s))}), 0) AS {str(s).lower()}"
             for s in MachineState
@@ -268,7 +294,9 @@ win AS (
       FROM state_changes c
       WHERE c.machine_key = w.key AND c.ts < w.we
         AND c.ts >= coalesce((SELECT max(p.ts) FROM state_changes p
-                              WHERE p.machine_key = w.key AND p.ts <= w.ws), w.ws)
+                              WHERE p.machine_key = w.key AND p.ts <= w.ws
+                                AND {self.live("p")}), w.ws)
+        AND {self.live("c")}
     ) seg
   ) x
   WHERE w.we > w.ws
@@ -297,18 +325,20 @@ win AS (
 def q_state_timeline(shop: Shop) -> str:
     """One row per state change in the range per machine (repeats dropped), the state
     carried in at the range start (OFFLINE if the machine had no data yet), and the state
-    at the range end, so the open last interval reaches the end of the range."""
+    at the range end, so the open last interval reaches the end of the range. Voided hub
+    OFFLINE marks are left out, as in the hub's own timelines."""
     return f"""WITH {RANGE_CTE},
 {shop.selected_cte(by_group=False)},
 pts AS (
   SELECT s.key, s.name, rng.f AS ts, 0::bigint AS id, coalesce(ci.state, 'OFFLINE') AS state
   FROM sel s CROSS JOIN rng LEFT JOIN LATERAL (
     SELECT c.state FROM state_changes c WHERE c.machine_key = s.key AND c.ts <= rng.f
+      AND {shop.live("c")}
     ORDER BY c.ts DESC, c.id DESC LIMIT 1) ci ON true
   UNION ALL
   SELECT s.key, s.name, c.ts, c.id, c.state
   FROM sel s JOIN state_changes c ON c.machine_key = s.key CROSS JOIN rng
-  WHERE c.ts > rng.f AND c.ts < rng.t
+  WHERE c.ts > rng.f AND c.ts < rng.t AND {shop.live("c")}
 ),
 marked AS (
   SELECT p.*, lag(p.state) OVER (PARTITION BY p.key ORDER BY p.ts, p.id) AS prev,
@@ -325,13 +355,15 @@ ORDER BY 1, 2"""
 
 
 def q_current_state(shop: Shop) -> str:
-    """Each machine's newest state row at the end of the range (OFFLINE if none)."""
+    """Each machine's newest state row at the end of the range (OFFLINE if none; voided
+    hub OFFLINE marks left out, so the tile agrees with the timeline's end)."""
     return f"""WITH {RANGE_CTE},
 {shop.selected_cte(by_group=False)}
 SELECT to_timestamp(coalesce(l.ts, rng.t) / 1000.0) AS "time", s.name AS metric,
        {_state_code("coalesce(l.state, 'OFFLINE')")} AS state
 FROM sel s CROSS JOIN rng LEFT JOIN LATERAL (
   SELECT c.ts, c.state FROM state_changes c WHERE c.machine_key = s.key AND c.ts <= rng.t
+    AND {shop.live("c")}
   ORDER BY c.ts DESC, c.id DESC LIMIT 1) l ON true
 ORDER BY 1, 2"""
 
@@ -360,72 +392,53 @@ FROM tis ORDER BY 1, 2"""
 
 
 def _jobs_cte(shop: Shop) -> str:
-    """``jobs_eta``: per machine, the newest job started (within the lookback) that has not
-    ended by the range end, with its newest progress and an ETA, from the job events in
-    ``records``."""
-
-    def events(alias: str, name: str) -> str:
-        return (
-            f"r.agent = {alias}.agent AND r.machine = {alias}.machine AND r.kind = 'event'"
-            f" AND r.body->>'event' = '{name}'"
-        )
-
+    """``job``: per machine, one row of the hub's ``jobs`` table (written by the job book):
+    the job running at the range end (the newest started, if the book holds more than one
+    open), else the last one that ended since the shop's midnight of the range end. The
+    table holds each job's latest figures (progress, the ETA and its range and origin as
+    the hub computed them); ``running`` says whether the job had not ended by the range
+    end."""
+    running = "(j.ended_at IS NULL OR j.ended_at > rng.t)"
     return f"""WITH {RANGE_CTE},
 {shop.selected_cte(by_group=False)},
-started AS (
-  SELECT s.key, s.name, s.agent, s.machine, js.ts AS started_ms, js.body AS sb
+job AS (
+  SELECT s.name, j.*, {running} AS running,
+         least(1.0, greatest(0.0, j.done / nullif(j.total, 0))) AS progress
   FROM sel s CROSS JOIN rng CROSS JOIN LATERAL (
-    SELECT r.ts, r.body FROM records r
-    WHERE {events("s", "job_started")}
-      AND r.ts <= rng.t AND r.ts > rng.t - {JOB_LOOKBACK_MS}
-    ORDER BY r.ts DESC, r.seq DESC LIMIT 1) js
-),
-jobs AS (
-  SELECT st.*, jp.ts AS progress_ms, jp.body AS pb,
-         (jp.body->>'done')::float8
-           / nullif(coalesce((jp.body->>'total')::float8, (st.sb->>'total')::float8), 0)
-           AS ratio
-  FROM started st CROSS JOIN rng LEFT JOIN LATERAL (
-    SELECT r.ts, r.body FROM records r
-    WHERE {events("st", "job_progress")} AND r.body->>'job' = st.sb->>'job'
-      AND r.ts >= st.started_ms AND r.ts <= rng.t
-    ORDER BY r.ts DESC, r.seq DESC LIMIT 1) jp ON true
-  WHERE NOT EXISTS (
-    SELECT 1 FROM records r
-    WHERE {events("st", "job_ended")} AND r.body->>'job' = st.sb->>'job'
-      AND r.ts >= st.started_ms AND r.ts <= rng.t)
-),
-jobs_eta AS (
-  SELECT j.*, CASE WHEN j.ratio IS NOT NULL THEN least(1.0, greatest(0.0, j.ratio)) END
-           AS progress,
-         CASE WHEN (j.pb->>'eta_s') IS NOT NULL
-              THEN j.progress_ms + ((j.pb->>'eta_s')::float8 * 1000)::bigint
-              WHEN j.ratio > 0
-              THEN j.started_ms + ((j.progress_ms - j.started_ms) / least(1.0, j.ratio))::bigint
-         END AS eta_ms,
-         CASE WHEN (j.pb->>'eta_s') IS NOT NULL THEN 'firmware'
-              WHEN j.ratio > 0 THEN 'linear' END AS eta_origin
-  FROM jobs j
+    SELECT j.* FROM jobs j
+    WHERE j.machine_key = s.key AND j.started_at <= rng.t
+      AND (j.ended_at IS NULL OR j.ended_at >= {shop.midnight("rng.t")})
+    ORDER BY {running} DESC,
+             CASE WHEN {running} THEN j.started_at ELSE j.ended_at END DESC, j.id DESC
+    LIMIT 1) j
 )"""
 
 
 def q_job_progress(shop: Shop) -> str:
-    """One bar per running job: done / total (null when the total is unknown)."""
+    """One bar per machine's job (running, or ended today, with its outcome): done / total
+    (null when the total is unknown)."""
     return f"""{_jobs_cte(shop)}
-SELECT to_timestamp(coalesce(progress_ms, started_ms) / 1000.0) AS "time",
-       name || ' · ' || coalesce(sb->>'program', sb->>'job') AS metric, progress
-FROM jobs_eta ORDER BY 1, 2"""
+SELECT to_timestamp(started_at / 1000.0) AS "time",
+       name || ' · ' || coalesce(program, agent_job)
+         || CASE WHEN running THEN '' ELSE ' (' || coalesce(outcome, 'ended') || ')' END
+         AS metric,
+       progress
+FROM job ORDER BY 1, 2"""
 
 
 def q_jobs_table(shop: Shop) -> str:
-    """The running jobs with their progress and ETA (origin: the machine's own estimate,
-    or linear from the elapsed time)."""
+    """Each machine's job with its progress, status, and the hub's ETA, range and origin
+    (linear, history, schedule or firmware); an ended job has no ETA."""
     return f"""{_jobs_cte(shop)}
-SELECT name AS machine, coalesce(sb->>'program', sb->>'job') AS program,
-       sb->>'unit' AS unit, progress,
-       to_timestamp(started_ms / 1000.0) AS started,
-       to_timestamp(eta_ms / 1000.0) AS eta, eta_origin
-FROM jobs_eta ORDER BY machine"""
+SELECT name AS machine, coalesce(program, agent_job) AS program, order_ref, unit, progress,
+       CASE WHEN running THEN 'running' ELSE coalesce(outcome, 'ended') END AS status,
+       to_timestamp(started_at / 1000.0) AS started,
+       CASE WHEN NOT running THEN to_timestamp(ended_at / 1000.0) END AS ended,
+       to_timestamp(eta_at / 1000.0) AS eta,
+       to_timestamp(eta_low_at / 1000.0) AS eta_low,
+       to_timestamp(eta_high_at / 1000.0) AS eta_high,
+       eta_origin
+FROM job ORDER BY machine"""
 
 
 def q_kiln_temperature(shop: Shop) -> str:
@@ -763,14 +776,15 @@ def wall(shop: Shop) -> dict[str, Any]:
             "Jobs",
             (12, 13, 12, 4),
             q_job_progress(shop),
-            description="Progress of the job running on each machine (done / total).",
+            description="Progress (done / total) of the job running on each machine, or "
+            "of the last one that ended today (with its outcome), from the hub's jobs.",
             defaults={
                 "unit": "percentunit",
                 "decimals": 0,
                 "min": 0,
                 "max": 1,
                 "color": {"mode": "fixed", "fixedColor": "#22c55e"},
-                "noValue": "no job running",
+                "noValue": "no job today",
             },
             options={
                 "reduceOptions": {"values": False, "calcs": ["lastNotNull"], "fields": ""},
@@ -790,8 +804,10 @@ def wall(shop: Shop) -> dict[str, Any]:
             (12, 17, 12, 3),
             q_jobs_table(shop),
             fmt="table",
-            description="When each running job will be done, and where the estimate comes "
-            "from: the machine's own (firmware) or linear from progress so far.",
+            description="When each running job will be done, the range around it, and "
+            "where the hub's estimate comes from: linear from the working time so far, "
+            "history (past runs of the program), schedule (a kiln firing) or firmware (the "
+            "machine's own); a job that ended today shows its outcome and end.",
             defaults={"custom": {"align": "auto", "cellOptions": {"type": "auto"}}},
             overrides=[
                 {
@@ -804,11 +820,14 @@ def wall(shop: Shop) -> dict[str, Any]:
                     ],
                 },
                 {
-                    "matcher": {"id": "byName", "options": "eta"},
+                    "matcher": {
+                        "id": "byRegexp",
+                        "options": "^(started|ended|eta|eta_low|eta_high)$",
+                    },
                     "properties": [{"id": "unit", "value": "dateTimeAsLocal"}],
                 },
                 {
-                    "matcher": {"id": "byName", "options": "started"},
+                    "matcher": {"id": "byRegexp", "options": "^(started|unit)$"},
                     "properties": [{"id": "custom.hidden", "value": True}],
                 },
             ],
@@ -973,7 +992,7 @@ def report(shop: Shop) -> dict[str, Any]:
 
 def render(config: Path = EXAMPLE_CONFIG) -> dict[str, str]:
     """File name -> JSON text of every dashboard, built from the hub config at ``config``."""
-    shop = Shop.from_config(load_config(config).utilization)
+    shop = Shop.from_config(load_config(config))
     return {
         "wall.json": json.dumps(wall(shop), indent=2, ensure_ascii=False) + "\n",
         "utilization.json": json.dumps(report(shop), indent=2, ensure_ascii=False) + "\n",
@@ -986,7 +1005,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--hub-config",
         type=Path,
         default=EXAMPLE_CONFIG,
-        help="the hub config to read [utilization], [groups], [calendars] from",
+        help="the hub config to read [hub] stale_after_s, [utilization], [groups],"
+        " [calendars] from",
     )
     parser.add_argument("--out", type=Path, default=JSON_DIR, help="where to write the JSON")
     parser.add_argument(

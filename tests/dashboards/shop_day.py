@@ -14,10 +14,21 @@ router-2 (agent pi-wood)   no data before 05:50 (OFFLINE) · IDLE 05:50 · RUNNI
 kiln (agent pi-ceramics)   RUNNING from Monday 20:00 (a firing) · IDLE 13:00; telemetry
                            10:00-10:10 every 30 s; job "firing-7" in seconds with the
                            controller's own ETA
-laser (agent pi-laser)     first data IDLE 07:00
+laser (agent pi-laser)     first data IDLE 07:00 · RUNNING 07:30 · IDLE 08:30 · RUNNING
+                           11:00; heartbeats every 25 s from 11:10:00; pi-laser's Wi-Fi
+                           drops after the 11:10:00 one, so the hub marks the laser
+                           OFFLINE ("no data") at 11:11:00 (stale_after_s = 60 s after the
+                           last record); the link is back at 11:12:10 and the agent's
+                           outbox replays the heartbeats of 11:10:25 to 11:12:05. The
+                           agent's rows around the mark are 25 s apart (11:10:50, 11:11:15):
+                           it kept observing, so the mark is void. · IDLE 12:30
 
-Jobs: router-1 runs "sign.nc" (lines) from 10:00, 1200 of 2000 lines at 11:30; router-2's
-job of the morning ended at 11:00.
+Jobs (fed to the hub's real job book in the order the records arrive, see ``BATCHES``):
+router-1 runs "sign.nc" (lines) from 10:00, 1200 of 2000 lines at 11:30, completed at
+15:00; router-2's job of the morning ran from 06:10 and was aborted at 11:00; the kiln's
+firing (seconds, the controller's own ETA) completed at 13:00; the laser ran
+"logo (ORDER 1042).nc" 07:30-08:30 (completed: history for the next run) and again from
+11:00, 250 of 1000 lines at 11:25, completed at 12:30.
 """
 
 from __future__ import annotations
@@ -82,12 +93,32 @@ STATES: Final = (
     (KILN, "2026-11-23 20:00", MachineState.RUNNING),
     (KILN, "13:00", MachineState.IDLE),
     (LASER, "07:00", MachineState.IDLE),
+    (LASER, "07:30", MachineState.RUNNING),
+    (LASER, "08:30", MachineState.IDLE),
+    (LASER, "11:00", MachineState.RUNNING),
+    (LASER, "12:30", MachineState.IDLE),
 )
-#: The hub's own rows: pi-wood's will fired at 08:00, so router-2 went OFFLINE.
-HUB_STATES: Final = ((ROUTER2, "08:00", MachineState.OFFLINE, "agent offline"),)
+#: The laser's heartbeats during pi-laser's Wi-Fi outage (RUNNING since 11:00), every 25 s.
+LASER_HEARTBEATS: Final = tuple(f"11:{10 + s // 60:02d}:{s % 60:02d}" for s in range(0, 130, 25))
+#: The first heartbeat arrives live; the others are replayed when the link is back.
+LASER_LINK_BACK: Final = "11:12:10"
+#: The hub's own rows: pi-wood's will fired at 08:00, so router-2 went OFFLINE; the laser's
+#: data went stale at 11:11:00 (its last record 11:10:00 + stale_after_s).
+HUB_STATES: Final = (
+    (ROUTER2, "08:00", MachineState.OFFLINE, "agent offline"),
+    (LASER, "11:11:00", MachineState.OFFLINE, "no data"),
+)
 
 #: Kiln telemetry: a sample every 30 s from 10:00 to 10:09:30, in batches of two.
 KILN_SAMPLES: Final = tuple((ms("10:00") + i * 30_000, 1000.0 + i, 1010.0) for i in range(20))
+
+#: The laser's program, run twice (the first run is history for the second).
+LASER_JOB: Final = {
+    "program": "logo (ORDER 1042).nc",
+    "unit": "lines",
+    "total": 1000,
+    "source": "proxy",
+}
 
 #: (machine, local time, body) of the job events.
 EVENTS: Final[tuple[tuple[Machine, str, dict[str, Any]], ...]] = (
@@ -166,70 +197,124 @@ EVENTS: Final[tuple[tuple[Machine, str, dict[str, Any]], ...]] = (
             "total": 36000,
         },
     ),
+    (
+        ROUTER1,
+        "15:00",
+        {"event": "job_ended", "job": "j1", "outcome": "completed", "done": 2000, "total": 2000},
+    ),
+    (LASER, "07:30", {"event": "job_started", "job": "L1", **LASER_JOB}),
+    (LASER, "11:00", {"event": "job_started", "job": "L2", **LASER_JOB}),
+    (
+        LASER,
+        "08:30",
+        {"event": "job_ended", "job": "L1", "outcome": "completed", "done": 1000, "total": 1000},
+    ),
+    (
+        LASER,
+        "11:25",
+        {"event": "job_progress", "job": "L2", "done": 250, "total": 1000, "unit": "lines"},
+    ),
+    (
+        LASER,
+        "12:30",
+        {"event": "job_ended", "job": "L2", "outcome": "completed", "done": 1000, "total": 1000},
+    ),
 )
 
 
-def _batches() -> Iterator[WriteBatch]:
-    seqs = {m.agent: itertools.count(1) for m in MACHINES}
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A record an agent made at ``ts`` that reaches the hub at ``arrival`` (epoch ms)."""
 
-    def incoming(m: Machine, kind: RecordKind, ts: int, body: dict[str, Any]) -> Incoming:
-        env = Envelope(
-            kind=kind,
-            agent=m.agent,
-            machine=m.machine,
-            stream=f"stream-{m.agent}",
-            seq=next(seqs[m.agent]),
-            ts=ts,
-            body={**body},
+    machine: Machine
+    kind: RecordKind
+    ts: int
+    body: dict[str, Any]
+    arrival: int
+
+    @property
+    def replay(self) -> bool:
+        return self.arrival - self.ts > 1000
+
+
+def _sent() -> list[_Sent]:
+    """Every agent record of the day, in the order they are listed here (states, job
+    events, telemetry); each arrives 150 ms after it was made, unless replayed."""
+    out = [
+        _Sent(
+            m,
+            RecordKind.META,
+            ms("2026-11-23 19:00"),
+            {"protocol": m.protocol, "firmware": "1.0", "kind": m.kind, "name": m.name,
+             "options": {}},
+            ms("2026-11-23 19:00") + 150,
         )
-        return Incoming(envelope=env, site=SITE, received_at=ts + 150)
+        for m in MACHINES
+    ]  # fmt: skip
 
-    yield WriteBatch(
-        records=[
-            incoming(
-                m,
-                RecordKind.META,
-                ms("2026-11-23 19:00"),
-                {
-                    "protocol": m.protocol,
-                    "firmware": "1.0",
-                    "kind": m.kind,
-                    "name": m.name,
-                    "options": {},
-                },
-            )
-            for m in MACHINES
-        ]
-    )
-    for m, when, state in STATES:
+    def state(m: Machine, ts: int, state: MachineState, since: int, arrival: int) -> _Sent:
         body = {
             "state": str(state),
-            "since": ms(when),
+            "since": since,
             "detail": state.name.title(),
             "alarm": None,
             "program": None,
             "phase": None,
             "job": None,
         }
-        yield WriteBatch(records=[incoming(m, RecordKind.STATE, ms(when), body)])
-    yield WriteBatch(
-        states=[
-            StateRow(m.key, ms(when), state, detail, StateSource.HUB)
-            for m, when, state, detail in HUB_STATES
-        ]
-    )
+        return _Sent(m, RecordKind.STATE, ts, body, arrival)
+
+    for m, when, st in STATES:
+        out.append(state(m, ms(when), st, ms(when), ms(when) + 150))
+    for i, when in enumerate(LASER_HEARTBEATS):
+        arrival = ms(when) + 150 if i == 0 else ms(LASER_LINK_BACK)
+        out.append(state(LASER, ms(when), MachineState.RUNNING, ms("11:00"), arrival))
     for m, when, body in EVENTS:
         full = {"code": None, "text": "", **body}
-        yield WriteBatch(records=[incoming(m, RecordKind.EVENT, ms(when), full)])
+        out.append(_Sent(m, RecordKind.EVENT, ms(when), full, ms(when) + 150))
     for first in range(0, len(KILN_SAMPLES), 2):
         pair = KILN_SAMPLES[first : first + 2]
         samples = [
             {"ts": ts, "values": {"temperature_c": t, "setpoint_c": sp, "output_pct": 55.0}}
             for ts, t, sp in pair
         ]
-        yield WriteBatch(
-            records=[incoming(KILN, RecordKind.TELEMETRY, pair[-1][0], {"samples": samples})]
+        ts = pair[-1][0]
+        out.append(_Sent(KILN, RecordKind.TELEMETRY, ts, {"samples": samples}, ts + 150))
+    return out
+
+
+def _batches() -> Iterator[tuple[int, WriteBatch]]:
+    """(arrival, batch) in the order the hub receives them: each agent numbers its records
+    (seq) in the order it made them; the records that arrive together (a replay) are one
+    batch; the hub's own OFFLINE rows are written when it decides them."""
+    sent = _sent()
+    seqs = {m.agent: itertools.count(1) for m in MACHINES}
+    seq_of: dict[int, int] = {}
+    for i in sorted(range(len(sent)), key=lambda i: sent[i].ts):  # stable: listed order
+        seq_of[i] = next(seqs[sent[i].machine.agent])
+    arrivals: dict[int, list[Incoming]] = {}
+    for i in sorted(range(len(sent)), key=lambda i: sent[i].arrival):
+        r = sent[i]
+        env = Envelope(
+            kind=r.kind,
+            agent=r.machine.agent,
+            machine=r.machine.machine,
+            stream=f"stream-{r.machine.agent}",
+            seq=seq_of[i],
+            ts=r.ts,
+            body={**r.body},
+            replay=r.replay,
         )
+        arrivals.setdefault(r.arrival, []).append(
+            Incoming(envelope=env, site=SITE, received_at=r.arrival)
+        )
+    out = [(arrival, WriteBatch(records=records)) for arrival, records in arrivals.items()]
+    out += [
+        (ms(when), WriteBatch(states=[StateRow(m.key, ms(when), state, detail, StateSource.HUB)]))
+        for m, when, state, detail in HUB_STATES
+    ]
+    yield from sorted(out, key=lambda b: b[0])
 
 
+#: (arrival in epoch ms, batch), in the order the hub receives them.
 BATCHES: Final = tuple(_batches())
