@@ -120,14 +120,174 @@ async def test_rows_land_in_their_month_and_a_new_month_gets_a_partition(
     ]
 
 
-async def test_this_month_and_the_next_exist_from_the_start(
+def _month_after(year: int, month: int) -> tuple[int, int]:
+    return (year + month // 12, month % 12 + 1)
+
+
+async def test_this_month_and_the_next_two_exist_from_the_start(
     pg_store: PostgresStore, sql: asyncpg.Connection
 ) -> None:
     now = datetime.now(UTC)
-    nxt = (now.year + now.month // 12, now.month % 12 + 1)
-    names = await partitions(sql, "state_changes")
-    assert f"state_changes_p{now.year:04d}_{now.month:02d}" in names
-    assert f"state_changes_p{nxt[0]:04d}_{nxt[1]:02d}" in names
+    nxt = _month_after(now.year, now.month)
+    after = _month_after(*nxt)
+    for table in ("records", "state_changes"):
+        names = await partitions(sql, table)
+        for year, month in ((now.year, now.month), nxt, after):
+            assert f"{table}_p{year:04d}_{month:02d}" in names
+
+
+class Clock:
+    """The store's injectable clock (epoch ms), moved by the test."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now_ms = now_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+async def both_have(conn: asyncpg.Connection, *suffixes: str) -> bool:
+    names = await partitions(conn, "records") | await partitions(conn, "state_changes")
+    return all(f"{t}_{s}" in names for t in ("records", "state_changes") for s in suffixes)
+
+
+async def lock_waiters(conn: asyncpg.Connection) -> int:
+    """The hub's connections of this database that wait for a lock now."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND application_name = 'shopfloor-hub' AND datname = current_database()"
+        )
+    )
+
+
+async def test_the_store_keeps_the_next_two_months_created_as_the_clock_moves(
+    pg: PgServer,
+    schema: str,
+    sql: asyncpg.Connection,
+    wait_until: Callable[..., Awaitable[None]],
+) -> None:
+    clock = Clock(ms(2031, 5, 10))
+    store = PostgresStore(pg.url(), schema=schema, clock=clock, maintenance_interval_s=0.05)
+    async with store:
+        assert await both_have(sql, "p2031_05", "p2031_06", "p2031_07")
+        assert "records_p2031_08" not in await partitions(sql, "records")
+        # Near the end of July the task has September ready, with no write asking for it.
+        clock.now_ms = ms(2031, 7, 31, 23)
+
+        async def september() -> bool:
+            return await both_have(sql, "p2031_08", "p2031_09")
+
+        await wait_until(september)
+        assert "records_p2031_10" not in await partitions(sql, "records")
+        assert await store.maintain_partitions()  # nothing left to do
+        task = store._maintenance
+        assert task is not None
+        assert not task.done()
+    assert task.done()  # close() cancelled the store's task
+    assert store._maintenance is None
+
+
+async def test_a_partition_ddl_blocked_by_a_long_query_gives_up_and_succeeds_later(
+    pg: PgServer,
+    schema: str,
+    sql: asyncpg.Connection,
+    env: EnvFactory,
+    incoming: Inc,
+) -> None:
+    clock = Clock(ms(2031, 5, 10))
+    store = PostgresStore(
+        pg.url(),
+        schema=schema,
+        clock=clock,
+        partition_lock_timeout_s=0.3,
+        maintenance_interval_s=3600,  # this test runs the maintenance itself
+    )
+    async with store:
+        clock.now_ms = ms(2031, 7, 15)  # August and September are due
+        tx = sql.transaction()
+        await tx.start()
+        # What a long Grafana query holds on the parent until it ends.
+        await sql.execute("LOCK TABLE records IN ACCESS SHARE MODE")
+        try:
+            started = time.monotonic()
+            maintenance = asyncio.create_task(store.maintain_partitions(), name="test.maint")
+            waiting = 0
+            for _ in range(100):
+                waiting = await lock_waiters(sql)
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting == 1  # the DDL waits for the lock (on a reader connection)
+            # While the DDL waits, a write into an existing month goes on: the writer is
+            # not held up behind the maintenance, only (briefly) behind the DDL's lock wait.
+            june = incoming(env(RecordKind.TELEMETRY, seq=1, ts=ms(2031, 6, 3)))
+            assert await asyncio.wait_for(store.insert_batch([june]), 5) == 1
+            assert await asyncio.wait_for(maintenance, 5) is False
+            assert time.monotonic() - started < 3  # gave up after 0.3 s, did not hang
+            assert "records_p2031_08" not in await partitions(sql, "records")
+            # Writes into existing months still work while the query goes on.
+            july = incoming(env(RecordKind.TELEMETRY, seq=2, ts=ms(2031, 7, 20)))
+            assert await asyncio.wait_for(store.insert_batch([july]), 5) == 1
+            await store.add_states([StateRow(KEY, ms(2031, 7, 21), MachineState.IDLE, "")])
+            # A record for a month nobody created: the write path's last resort gives up
+            # too, as a StoreError (ingest keeps the batch and retries it).
+            december = incoming(env(RecordKind.TELEMETRY, seq=3, ts=ms(2031, 12, 1)))
+            started = time.monotonic()
+            with pytest.raises(StoreError, match=r"records_p2031_12 waited over 0\.3 s"):
+                await asyncio.wait_for(store.insert_batch([december]), 5)
+            assert time.monotonic() - started < 3
+            assert await lock_waiters(sql) == 0  # nothing left waiting on the server
+        finally:
+            await tx.rollback()
+        # The query has ended: the next run creates the months, and the batch goes in.
+        assert await store.maintain_partitions() is True
+        assert await both_have(sql, "p2031_08", "p2031_09")
+        assert await store.insert_batch([december]) == 1
+        assert await store.stream_progress("pi-1", "s1") == (3, 3)
+    assert await sql.fetchval("SELECT count(*) FROM records") == 3
+
+
+async def test_a_hub_starting_during_a_long_query_starts_and_its_task_retries(
+    pg: PgServer,
+    schema: str,
+    sql: asyncpg.Connection,
+    env: EnvFactory,
+    incoming: Inc,
+    wait_until: Callable[..., Awaitable[None]],
+) -> None:
+    async with PostgresStore(pg.url(), schema=schema, clock=Clock(ms(2031, 5, 10))):
+        pass  # the schema, and May to July
+    clock = Clock(ms(2031, 9, 2))
+    store = PostgresStore(
+        pg.url(),
+        schema=schema,
+        clock=clock,
+        partition_lock_timeout_s=0.2,
+        maintenance_interval_s=3600,
+        maintenance_retry_s=0.1,
+    )
+    tx = sql.transaction()
+    await tx.start()
+    await sql.execute("LOCK TABLE records IN ACCESS SHARE MODE")
+    try:
+        await asyncio.wait_for(store.open(), 10)  # opens; September and on are left for later
+        try:
+            assert "records_p2031_09" not in await partitions(sql, "records")
+            july = incoming(env(RecordKind.TELEMETRY, seq=1, ts=ms(2031, 7, 4)))
+            assert await asyncio.wait_for(store.insert_batch([july]), 5) == 1
+            await asyncio.sleep(0.5)  # the task tries a few times, and gives up each time
+            assert "records_p2031_09" not in await partitions(sql, "records")
+        finally:
+            await tx.rollback()
+
+            async def created() -> bool:
+                return await both_have(sql, "p2031_09", "p2031_10", "p2031_11")
+
+            # Once the query has ended the task's next try creates them.
+            await wait_until(created)
+    finally:
+        await store.close()
 
 
 async def test_time_tables_have_brin_on_ts_and_btree_for_lookups(

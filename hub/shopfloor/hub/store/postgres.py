@@ -7,8 +7,12 @@ connections for the API, the wall and the dashboards' siblings. Readers never st
 writer. A reader that waits longer than ``acquire_timeout_s`` for a free connection gets a
 :class:`~shopfloor.hub.errors.StoreError` that says to raise ``[hub] database_pool``.
 
-Schema, partitions and why ``record_keys`` exists: :mod:`.postgres_schema`. The time-in-state
-SQL: :mod:`.postgres_queries`. Every asyncpg or socket error is translated into a
+Schema, partitions and why ``record_keys`` exists: :mod:`.postgres_schema`. The monthly
+partitions are created ahead by a maintenance task the store owns (started by ``open``,
+cancelled by ``close``), on a reader connection and never under the write lock; every
+partition DDL waits at most ``partition_lock_timeout_s`` for its table's lock, so a long
+dashboard query delays a month's creation to the next run instead of stalling ingest. The
+time-in-state SQL: :mod:`.postgres_queries`. Every asyncpg or socket error is translated into a
 ``StoreError`` where it enters, with the URL (never the password) and the fix.
 
 Features beyond the event store live in mixins, as in SQLite: jobs (:mod:`.postgres_jobs`,
@@ -25,7 +29,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
@@ -97,8 +101,16 @@ DEFAULT_KEEP_REJECTED: Final = 10_000
 DEFAULT_POOL_SIZE: Final = 5
 DEFAULT_ACQUIRE_TIMEOUT_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 10.0
-#: Months created ahead on open (this one and the next), so the turn of a month needs no DDL.
-MONTHS_AHEAD: Final = 2
+#: Months kept created (this one and the next two), so no write ever needs to create one.
+MONTHS_AHEAD: Final = 3
+#: The longest a partition DDL waits for the lock on its parent table before giving up.
+#: Creating a partition takes an ACCESS EXCLUSIVE lock on the parent, which waits for every
+#: running query on it (a long dashboard query) and makes every later one queue behind it.
+PARTITION_LOCK_TIMEOUT_S: Final = 2.0
+#: How often the maintenance task checks the months ahead, and how soon it tries again
+#: after a month could not be created (its table stayed locked, or the database was down).
+MAINTENANCE_INTERVAL_S: Final = 3600.0
+MAINTENANCE_RETRY_S: Final = 60.0
 _SCHEMA_RE: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: What every asyncpg call can raise that is not our bug: server errors, a closed or broken
 #: connection, the socket.
@@ -107,6 +119,10 @@ _DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class PartitionLockedError(StoreError):
+    """A partition DDL gave up: its parent table stayed locked past the lock timeout."""
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
@@ -125,7 +141,8 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
     """:class:`~shopfloor.hub.store.base.Store` on a PostgreSQL database.
 
     ``schema`` puts the tables in that schema (created if missing) instead of ``public``:
-    for a database shared with other applications, and for tests.
+    for a database shared with other applications, and for tests. ``clock`` (epoch ms) decides
+    which months the partition maintenance keeps created; tests move it.
     """
 
     def __init__(
@@ -136,9 +153,15 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
         keep_rejected: int = DEFAULT_KEEP_REJECTED,
         acquire_timeout_s: float = DEFAULT_ACQUIRE_TIMEOUT_S,
         schema: str | None = None,
+        clock: Callable[[], int] = _now_ms,
+        partition_lock_timeout_s: float = PARTITION_LOCK_TIMEOUT_S,
+        maintenance_interval_s: float = MAINTENANCE_INTERVAL_S,
+        maintenance_retry_s: float = MAINTENANCE_RETRY_S,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        if partition_lock_timeout_s < 0.001:
+            raise ValueError("partition_lock_timeout_s must be at least 1 ms")
         if schema is not None and not _SCHEMA_RE.fullmatch(schema):
             raise ValueError(f"schema {schema!r} must be a plain lower-case identifier")
         self.url = url
@@ -146,11 +169,19 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
         self.keep_rejected = keep_rejected
         self.acquire_timeout_s = acquire_timeout_s
         self.schema = schema
+        self.partition_lock_timeout_s = partition_lock_timeout_s
+        self.maintenance_interval_s = maintenance_interval_s
+        self.maintenance_retry_s = maintenance_retry_s
+        self._clock = clock
         self._writer: asyncpg.Pool | None = None
         self._readers: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
         #: Partition suffixes known to exist (for every table in PARTITIONED).
         self._partitions: set[str] = set()
+        #: One partition DDL at a time from this store (maintenance and the writer's last
+        #: resort), held for one statement only, so neither waits on the other for long.
+        self._ddl_lock = asyncio.Lock()
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PostgresStore:
         await self.open()
@@ -169,8 +200,12 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
             async with self._writer.acquire() as conn:
                 await self._migrate(conn)
                 await self._load_partitions(conn)
-                await self._ensure(conn, months_ahead(_now_ms(), MONTHS_AHEAD))
             self._readers = await self._pool(self.pool_size)
+            # A month whose table stays locked now is left to the task's next run.
+            created = await self.maintain_partitions()
+            self._maintenance = asyncio.create_task(
+                self._maintain_forever(created), name="store.partition-maintenance"
+            )
         except StoreError:
             await self.close()
             raise
@@ -249,6 +284,10 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
         return StoreError(f"{where}: {problem} (fix: {fix})")
 
     async def close(self) -> None:
+        task, self._maintenance = self._maintenance, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # a cancel of close itself still propagates
         for pool in (self._readers, self._writer):
             if pool is not None:
                 try:
@@ -290,18 +329,75 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
         )
         self._partitions = {str(r[0]).removeprefix("records_") for r in rows}
 
+    async def maintain_partitions(self) -> bool:
+        """Create this month and the next two (by the store's clock) where missing.
+
+        Runs on a reader connection, not under the write lock, so ingest goes on meanwhile
+        (a write into an existing month waits at most ``partition_lock_timeout_s`` behind a
+        DDL that waits for its lock). A month whose table stays locked longer (a long
+        dashboard query) is left for the next run: False. True when all exist."""
+        missing = [
+            p for p in months_ahead(self._clock(), MONTHS_AHEAD) if p.suffix not in self._partitions
+        ]
+        if not missing:
+            return True
+        async with self._read() as conn:
+            for part in missing:
+                try:
+                    await self._create_partition(conn, part)
+                except PartitionLockedError as exc:
+                    log.warning("%s; trying again in %g s", exc, self.maintenance_retry_s)
+                    return False  # the same lock would stop the later months too
+        return True
+
+    async def _maintain_forever(self, ok: bool) -> None:
+        """The store's maintenance task: ``maintain_partitions`` every interval, and sooner
+        again after a run that could not finish. Never ends by itself; ``close`` cancels it."""
+        while True:
+            await asyncio.sleep(self.maintenance_interval_s if ok else self.maintenance_retry_s)
+            try:
+                ok = await self.maintain_partitions()
+            except StoreError as exc:
+                log.warning("partition maintenance failed (%s); trying again later", exc)
+                ok = False
+            except Exception:
+                log.exception("partition maintenance failed; trying again later")
+                ok = False
+
     async def _ensure(self, conn: Conn, parts: Iterable[Partition]) -> None:
-        """Create the partitions that are missing, each in its own short transaction before
-        the batch's (creating one locks its parent table for a moment)."""
+        """The write path's last resort: create the months a batch needs that maintenance
+        does not keep (a record dated months ahead or in the past), before the batch's
+        transaction. A table that stays locked raises :class:`PartitionLockedError`, a
+        ``StoreError``: ingest keeps the batch and retries it."""
         for part in parts:
-            if part.suffix in self._partitions:
-                continue
-            for table in PARTITIONED:
-                # Another hub may have created it a moment ago.
-                with contextlib.suppress(asyncpg.DuplicateTableError, asyncpg.UniqueViolationError):
-                    await conn.execute(part.ddl(table))
-            log.info("created the partitions %s of %s", part.suffix, ", ".join(PARTITIONED))
-            self._partitions.add(part.suffix)
+            if part.suffix not in self._partitions:
+                await self._create_partition(conn, part)
+
+    async def _create_partition(self, conn: Conn, part: Partition) -> None:
+        """Create ``part`` of every partitioned table, each in its own short transaction that
+        waits at most ``partition_lock_timeout_s`` for the parent's lock."""
+        timeout = f"{max(1, round(self.partition_lock_timeout_s * 1000))}ms"
+        for table in PARTITIONED:
+            async with self._ddl_lock:
+                try:
+                    # Another hub may have created it a moment ago. (An existing one costs no
+                    # lock: IF NOT EXISTS answers before the parent is locked.)
+                    with contextlib.suppress(
+                        asyncpg.DuplicateTableError, asyncpg.UniqueViolationError
+                    ):
+                        async with conn.transaction():
+                            await conn.execute(
+                                "SELECT set_config('lock_timeout', $1, true)", timeout
+                            )
+                            await conn.execute(part.ddl(table))
+                except asyncpg.LockNotAvailableError as exc:
+                    raise PartitionLockedError(
+                        f"{self.url.display}: creating the partition {part.name(table)} waited "
+                        f"over {self.partition_lock_timeout_s:g} s for the lock on {table} "
+                        "and gave up (a long query holds it: see pg_stat_activity)"
+                    ) from exc
+        log.info("created the partitions %s of %s", part.suffix, ", ".join(PARTITIONED))
+        self._partitions.add(part.suffix)
 
     def _partitions_for(self, batch: WriteBatch) -> dict[str, Partition]:
         out: dict[str, Partition] = {}

@@ -16,8 +16,8 @@ What differs from SQLite, and why:
 - ``order_jobs.job_id`` has no foreign key, as in SQLite: migration 4 does not depend on
   the jobs table of migration 3, and a link outlives nothing it would guard.
 - Text that PostgreSQL cannot hold (NUL, unpaired surrogates) is stored with U+FFFD in
-  their place (:mod:`.postgres_text`), as everywhere in this store; the fingerprint is of the request as sent, so
-  a repeat of it is still recognized.
+  their place (:mod:`.postgres_text`), as everywhere in this store; the fingerprint is
+  of the request as sent, so a repeat of it is still recognized.
 """
 
 from __future__ import annotations

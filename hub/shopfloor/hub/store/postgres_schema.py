@@ -8,7 +8,8 @@ Times stay ``bigint`` epoch milliseconds (UTC) as in SQLite: Grafana's ``$__from
 What differs, and why:
 
 - ``records`` and ``state_changes`` are partitioned by range on ``ts``, one partition per
-  calendar month (UTC), created by the store before it writes into a month (see
+  calendar month (UTC), kept created ahead by the store's partition maintenance (this month
+  and the next two, :func:`months_ahead`; any other month just before a write needs it, see
   :func:`partition_for`). Each has a BRIN index on ``ts`` (tiny; time-range scans) and the
   B-tree indexes the store's lookups need.
 - A unique constraint on a partitioned table must contain the partition key, but a record is
