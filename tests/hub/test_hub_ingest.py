@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import signal
+import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +28,12 @@ from shopfloor.contract import (
 )
 from shopfloor.hub.api.app import create_app
 from shopfloor.hub.config import HubConfig
+from shopfloor.hub.ingest import wall_ms
+from shopfloor.hub.jobs import JobBook, JobBookStore
 from shopfloor.hub.runtime import Hub, open_hub
-from shopfloor.hub.store import machine_key
+from shopfloor.hub.store import Incoming, SqliteStore, WriteBatch, machine_key
+from shopfloor.hub.store.base import JobRow
+from shopfloor.hub.store.factory import make_store
 
 pytestmark = pytest.mark.mqtt
 
@@ -435,3 +443,102 @@ async def test_a_burst_is_stored_completely_in_batches(
         assert await hub.store.stream_progress("pi-1", "s1") == (count, count)
         assert ingest.counters["duplicates"] == 0
         assert ingest.counters["batches"] < count // 5, "messages are committed in batches"
+
+
+async def test_a_long_job_catch_up_does_not_hold_back_connecting(
+    broker: Any,
+    hub_config: Callable[..., HubConfig],
+    env: Callable[..., Envelope],
+    wait_until: Wait,
+    tmp_path: Path,
+) -> None:
+    """The first start after the upgrade replays 20,000 stored job events: ingest connects
+    while the book catches up in the background, batches committed meanwhile follow it,
+    and the jobs are exactly what a full replay of the same records gives."""
+    config = hub_config(root=broker.root)
+    t0 = 1_764_000_000_000
+    seq = 0
+
+    def event(machine: str, ts: int, body: dict[str, Any]) -> Incoming:
+        nonlocal seq
+        seq += 1
+        envelope = Envelope(
+            kind=RecordKind.EVENT, agent="pi-9", machine=machine, stream="s9", seq=seq, ts=ts,
+            body={"code": None, "text": "", **body}, mono=ts,
+        )  # fmt: skip
+        return Incoming(envelope=envelope, site="shop1", received_at=ts)
+
+    records = []
+    for j in range(2000):
+        machine, t, name = f"m{j % 10}", t0 + j * 60_000, f"j{j}"
+        figures = {"job": name, "total": 100}
+        records.append(
+            event(machine, t, {"event": "job_started", "program": f"p{j % 3}", "unit": "lines",
+                               **figures})
+        )  # fmt: skip
+        records += [
+            event(machine, t + k * 5000, {"event": "job_progress", "done": k * 10, **figures})
+            for k in range(1, 9)
+        ]
+        if j % 100 != 99:  # some are superseded by the next start instead
+            records.append(
+                event(machine, t + 50_000, {"event": "job_ended", "outcome": "completed",
+                                            "done": 100, **figures})
+            )  # fmt: skip
+    assert len(records) > 19_900
+    store = make_store(config.hub)
+    assert isinstance(store, SqliteStore)
+    async with store:
+        for i in range(0, len(records), 2000):
+            await store.write(WriteBatch(records=records[i : i + 2000]))
+        assert isinstance(store, JobBookStore)
+        assert await store.job_cursor() == 0
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    cm, hub = await started(config)
+    try:
+        connected_after = loop.time() - began
+        jobs = hub.jobs
+        assert jobs is not None
+        assert jobs.catching_up, "connected only after the whole catch-up"
+        assert connected_after < 1.5
+        # A live job arrives during the catch-up: its batch waits and is applied after it.
+        topics = AgentTopics(site="shop1", agent="pi-1", root=broker.root)
+        now = wall_ms()
+        live = [
+            env(RecordKind.EVENT, seq=1, ts=now, body={"event": "job_started", "job": "live",
+                "program": "p0", "unit": "lines", "total": 100}),
+            env(RecordKind.EVENT, seq=2, ts=now + 1, body={"event": "job_progress",
+                "job": "live", "done": 40, "total": 100}),
+        ]  # fmt: skip
+        for e in live:
+            await broker.pub(topics.machine("cnc-1", Channel.EVENT), encode_envelope(e))
+        await wait_until(lambda: hub.ingest.counters["stored"] == 2, 20)
+        await asyncio.wait_for(jobs.caught_up(), 60)
+        got = await hub.store.jobs(limit=10_000)
+    finally:
+        await cm.__aexit__(None, None, None)
+    assert len(got) == 2001
+    [row] = [r for r in got if r.agent_job == "live"]
+    assert (row.started_at, row.done, row.ended_at) == (now, 40, None)
+
+    # The same records replayed from nothing, in the foreground, by a fresh book.
+    copy = tmp_path / "replay.sqlite3"
+    source = Path(store.path)
+    with (
+        contextlib.closing(sqlite3.connect(source)) as src,
+        contextlib.closing(sqlite3.connect(copy)) as dst,
+    ):
+        src.backup(dst)
+        dst.execute("DELETE FROM jobs")
+        dst.execute("DELETE FROM counters WHERE name = 'jobs_cursor'")
+        dst.commit()
+    async with SqliteStore(copy) as replay:
+        await JobBook(replay).load()
+        want = await replay.jobs(limit=10_000)
+
+    def comparable(rows: list[JobRow]) -> list[Any]:
+        return [dataclasses.replace(r, updated_at=0) for r in rows]
+
+    assert comparable(got) == comparable(want)

@@ -3,16 +3,18 @@ fixtures): crafted event sequences, replays, restarts; the same answers on both.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 from typing import Any
 
 import pytest
-from pg_support import AnyStore, StoreFactory
+from pg_support import AnyStore, PgServer, StoreFactory
 
 from shopfloor.contract import Envelope, MachineState, RecordKind
 from shopfloor.hub.config import parse_config
 from shopfloor.hub.jobs import JobBook, find_order_ref
-from shopfloor.hub.store import Incoming, StateRow, WriteBatch
+from shopfloor.hub.store import Incoming, SqliteStore, StateRow, WriteBatch
 from shopfloor.hub.store.base import EtaOrigin, JobOutcome, JobRow
 from shopfloor.hub.trackers import Trackers
 
@@ -469,3 +471,108 @@ async def test_the_live_view_shows_the_eta_of_its_job(new_store: StoreFactory) -
         view = trackers.get("router")
         assert view is not None
         assert view.job is None
+
+
+async def test_a_snapshot_start_before_2020_or_after_the_snapshot_is_not_believed(
+    shop: Shop,
+) -> None:
+    """``job.started`` of a snapshot is the agent's word: one that cannot be (before 2020,
+    after the snapshot, beyond any database integer) is replaced by the snapshot's ts,
+    instead of failing the store or making a 1970 job that is closed at once."""
+    starts = {"huge": -(2**70), "epoch": 5, "future": T0 + MIN, "beyond": 2**70}
+    starts["fine"] = T0 - 10 * MIN
+    for machine, started in starts.items():
+        await shop.commit(
+            shop.state(T0, "RUNNING", machine=machine, job={"job": "j", "started": started})
+        )
+    assert not shop.book.stale
+    assert shop.book.counters["store_errors"] == 0
+    for machine in starts:
+        row = await shop.job("j", f"pi-1/{machine}")
+        expected = starts["fine"] if machine == "fine" else T0
+        assert (row.started_at, row.ended_at) == (expected, None), machine
+
+
+class FailingSaves:
+    """A real database trigger that makes every write to ``jobs`` fail while it exists."""
+
+    def __init__(self, store: AnyStore, pg: PgServer) -> None:
+        self.store = store
+        self.pg = pg
+
+    def _sql(self, sql: str) -> None:
+        if isinstance(self.store, SqliteStore):
+            with contextlib.closing(sqlite3.connect(self.store.path)) as conn:
+                conn.executescript(sql)
+        else:
+            schema = self.store.schema
+            self.pg.psql(f"SET search_path TO {schema}; {sql}", database=self.pg.url().database)
+
+    def __enter__(self) -> None:
+        if isinstance(self.store, SqliteStore):
+            self._sql(
+                "CREATE TRIGGER fail_jobs BEFORE INSERT ON jobs"
+                " BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+                "CREATE TRIGGER fail_jobs_update BEFORE UPDATE ON jobs"
+                " BEGIN SELECT RAISE(ABORT, 'injected'); END;"
+            )
+        else:
+            self._sql(
+                "CREATE FUNCTION fail_jobs() RETURNS trigger LANGUAGE plpgsql"
+                " AS $$ BEGIN RAISE EXCEPTION 'injected'; END $$;"
+                "CREATE TRIGGER fail_jobs BEFORE INSERT OR UPDATE ON jobs"
+                " FOR EACH ROW EXECUTE FUNCTION fail_jobs();"
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.store, SqliteStore):
+            self._sql("DROP TRIGGER fail_jobs; DROP TRIGGER fail_jobs_update;")
+        else:
+            self._sql("DROP TRIGGER fail_jobs ON jobs; DROP FUNCTION fail_jobs();")
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["load", "start"])
+async def test_a_rebuild_after_a_failed_save_keeps_snapshot_jobs_and_kiln_telemetry(
+    shop: Shop, pg: PgServer, background: bool
+) -> None:
+    """The rebuild after a failed save replays the stored events and job snapshots (the
+    failed batch's too) and then applies the batch's telemetry: nothing of either is lost."""
+    if background:
+        await shop.book.start()  # as ingest does
+    kiln = "pi-1/kiln"
+    total = 10 * 3600
+    await shop.commit(
+        shop.event(T0, "job_started", machine="kiln", job="f1", program="bisque",
+                   unit="seconds", total=total, source="schedule"),
+        shop.event(T0 + 3600 * S, "job_progress", machine="kiln", job="f1", done=3600,
+                   total=total, unit="seconds", segment=1),
+    )  # fmt: skip
+    await shop.book.caught_up()
+    with FailingSaves(shop.store, pg):
+        snap = {"job": "a", "started": T0 + MIN, "program": "lid.nc"}
+        assert (
+            await shop.commit(shop.state(T0 + 2 * MIN, "RUNNING", machine="laser", job=snap)) == []
+        )
+    assert shop.book.stale
+    assert shop.book.counters["store_errors"] == 1
+
+    def sample(ts: int, left_s: float) -> dict[str, Any]:
+        return {"ts": ts, "values": {"segment": 1.0, "segment_remaining_s": left_s}}
+
+    t = T0 + 3600 * S
+    samples = [sample(t, 1800), sample(t + 10 * MIN, 1800), sample(t + 20 * MIN, 1800)]
+    await shop.commit(
+        shop.state(T0 + 3 * MIN, "RUNNING", job={"job": "b", "started": T0 + 150 * S}),
+        shop.record(RecordKind.TELEMETRY, t + 20 * MIN, {"samples": samples}, machine="kiln"),
+    )
+    await shop.book.caught_up()
+    assert [shop.book.stale] == [False]  # rebuilt
+    a = await shop.job("a", "pi-1/laser")
+    assert (a.started_at, a.ended_at, a.program) == (T0 + MIN, None, "lid.nc")
+    b = await shop.job("b")
+    assert (b.started_at, b.ended_at) == (T0 + 150 * S, None)
+    f1 = await shop.job("f1", kiln)
+    assert f1.detail.get("slip_s") == pytest.approx(20 * 60, abs=2)
+    # The rebuilt book carries on normally.
+    await shop.commit(shop.state(T0 + 4 * MIN, "RUNNING", job={"job": "b", "done": 5, "total": 10}))
+    assert (await shop.job("b")).done == 5

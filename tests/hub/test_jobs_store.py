@@ -12,6 +12,7 @@ import pytest
 from pg_support import AnyStore, PgServer, unique_schema
 
 from shopfloor.contract import Envelope, RecordKind
+from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store import Incoming, WriteBatch
 from shopfloor.hub.store.base import EtaOrigin, JobOutcome
 from shopfloor.hub.store.job_records import EndReason, JobRecord
@@ -338,3 +339,56 @@ async def test_postgres_ids_beyond_bigint_name_no_job(pg: PgServer) -> None:
         assert await store.jobs(after_id=-huge) == []
         assert await store.jobs(ids=[huge]) == []
         assert [r.id for r in await store.jobs(since_ms=-huge, until_ms=huge)] == [saved.id]
+
+
+async def test_numbers_beyond_the_database_are_a_store_error(store: AnyStore) -> None:
+    """A time or figure that does not fit (SQLite INTEGER/REAL, PostgreSQL bigint/float8)
+    fails as StoreError, which the job book catches, never as OverflowError."""
+    huge = 2**70
+    for bad in (
+        job("j1", huge),
+        job("j1", T0, progress_ts=-huge),
+        job("j1", T0, eta_at=huge),
+        job("j1", T0, done=10**400),
+    ):
+        with pytest.raises(StoreError):
+            await store.save_jobs([bad], cursor=None)
+    with pytest.raises(StoreError):
+        await store.save_jobs([], cursor=huge)
+    with pytest.raises(StoreError):
+        await store.next_job_start(ROUTER, huge)
+    with pytest.raises(StoreError):
+        await store.past_runs(
+            ROUTER, program="p", total=None, unit="lines", before_ms=huge, limit=5
+        )
+    # Nothing was stored, and the store still works; a typed cursor or id beyond the
+    # database selects as the comparison says.
+    assert await store.jobs() == []
+    [saved] = await store.save_jobs([job("j1", T0)], cursor=None)
+    assert await store.job(huge) is None
+    assert await store.jobs(ids=[huge]) == []
+    assert [r.id for r in await store.jobs(since_ms=-huge, until_ms=huge, after_id=huge)] == [
+        saved.id
+    ]
+    assert await store.job_events_after(huge, 10) == []
+
+
+async def test_the_replay_includes_state_snapshots_that_carry_a_job(store: AnyStore) -> None:
+    def state(seq: int, **body: Any) -> Incoming:
+        env = Envelope(
+            kind=RecordKind.STATE, agent="pi-1", machine="router", stream="s1", seq=seq,
+            ts=T0 + seq, body={"state": "RUNNING", "since": T0, "detail": "", **body},
+            mono=T0 + seq,
+        )  # fmt: skip
+        return Incoming(envelope=env, site="shop1", received_at=T0 + seq + 5)
+
+    records = [
+        state(1),
+        state(2, job={"job": "j1", "started": T0}),
+        state(3, job="j1"),  # not an object: nothing the book reads
+        event(4, T0 + 4, {"event": "job_progress", "code": None, "text": "", "job": "j1"}),
+    ]
+    await store.write(WriteBatch(records=records))
+    replayed = await store.job_events_after(0, 10)
+    assert [e.cursor for e in replayed] == [2, 4]
+    assert [e.incoming for e in replayed] == [records[1], records[3]]

@@ -329,18 +329,23 @@ class Ingest:
             # Commit what was already received (the PUBACKs can no longer be sent; the
             # broker redelivers those and the store deduplicates), then stop the writer.
             self._closing = True
+            if self.jobs is not None and self.jobs.catching_up:
+                await self.jobs.close()  # the next start catches up on the rest
             await self._queue.put(None)
             await writer
             self._ack_wake.set()
             await acker
+            if self.jobs is not None:
+                await self.jobs.close()
 
     async def _load_jobs(self) -> None:
-        """Rebuild the job book from the store before the first batch (after a crash it
-        catches up on events stored after its last commit)."""
+        """Load the job book's open jobs before the first batch; it catches up on the
+        records stored after its last commit in the background (a whole history, the first
+        time), holding the batches committed meanwhile for after it."""
         if self.jobs is None:
             return
         try:
-            await self.jobs.load()
+            await self.jobs.start()
         except Exception:
             self.counters["job_book_errors"] += 1
             log.exception("the job book could not load; it retries with the next batch")

@@ -23,9 +23,16 @@ Rules (docs/state-model.md "Jobs"):
 - A machine that goes OFFLINE keeps its job as last known: the hub invents no end.
 
 Restart: the book reloads the open jobs from the store, then re-applies every stored
-event after its cursor (the insertion cursor of the last record its stored jobs reflect,
-committed with them), so a crash between the records' commit and the jobs' commit loses
-nothing; a fresh ``jobs`` table is rebuilt from all stored events the same way.
+event and job-carrying state snapshot after its cursor (the insertion cursor of the last
+record its stored jobs reflect, committed with them), so a crash between the records'
+commit and the jobs' commit loses nothing; a fresh ``jobs`` table is rebuilt from all
+stored events the same way. Telemetry is not replayed (too much of it): after a rebuild
+the book re-applies the batch's own telemetry and job-less states.
+
+Ingest starts the book with :meth:`JobBook.start`: the open jobs load before it connects,
+the catch-up runs in the background in pages, and the batches committed meanwhile wait in
+memory (up to ``_PENDING_MAX`` records; beyond, :meth:`JobBook.apply` waits for the
+catch-up) to be applied after it, in commit order: nothing twice, nothing skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -42,6 +50,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from shopfloor.contract import MachineState, RecordKind
+from shopfloor.hub.clock_sanity import MIN_VALID_TS
 from shopfloor.hub.config import JobsSection
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.jobs.eta import (
@@ -76,6 +85,9 @@ CYCLES: Final = 10
 #: The catch-up cursor is written at least this often when nothing else changed.
 CURSOR_EVERY_S: Final = 30.0
 _CATCH_UP_PAGE: Final = 1000
+#: Records of batches committed during a background catch-up held for after it; beyond
+#: this, apply() waits for the catch-up (ingest then holds its PUBACKs).
+_PENDING_MAX: Final = 20_000
 #: Rounding slack of a kiln's "time left in the segment" (whole seconds).
 _SLIP_TOLERANCE_MS: Final = 1500
 
@@ -87,7 +99,18 @@ def _wall_ms() -> int:
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return float(value) if math.isfinite(value) else None
+    except OverflowError:  # an int beyond any float
+        return None
+
+
+def _replayed(inc: Incoming) -> bool:
+    """Whether the store's catch-up replay (``job_events_after``) returns this record."""
+    kind = inc.envelope.kind
+    return kind is RecordKind.EVENT or (
+        kind is RecordKind.STATE and isinstance(inc.envelope.body.get("job"), Mapping)
+    )
 
 
 def _text(value: object) -> str | None:
@@ -165,6 +188,15 @@ class JobBook:
         self._lock = asyncio.Lock()
         self._loaded = False
         self._stale = False
+        #: Started by start(): rebuilds catch up in the background too.
+        self._background = False
+        self._shut = False
+        self._catch_up: asyncio.Task[None] | None = None
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
+        #: Batches committed during a background catch-up, with the cursor after each.
+        self._pending: list[tuple[list[Incoming], int]] = []
+        self._pending_records = 0
         self._last_cursor_write = -math.inf
         self.counters: collections.Counter[str] = collections.Counter()
         self._reset()
@@ -207,8 +239,11 @@ class JobBook:
     # -- loading ---------------------------------------------------------------------------
 
     async def load(self) -> list[JobRow]:
-        """(Re)build from the store: open jobs, then every event after the cursor. Returns
-        the rows that catching up changed (listeners were told)."""
+        """(Re)build from the store: open jobs, then every replayed record after the
+        cursor, all before returning. Returns the rows that catching up changed (listeners
+        were told)."""
+        await self._stop_catch_up()
+        self._shut = False
         async with self._lock:
             try:
                 return await self._load()
@@ -216,7 +251,47 @@ class JobBook:
                 self._stale = True
                 raise
 
-    async def _load(self) -> list[JobRow]:
+    async def start(self) -> None:
+        """Load the open jobs, then catch up in the background (ingest's start: it connects
+        meanwhile). Rebuilds after an error run in the background too from now on. Await
+        :meth:`caught_up` for the end of the catch-up; :meth:`close` stops it."""
+        await self._stop_catch_up()
+        self._background, self._shut = True, False
+        async with self._lock:
+            try:
+                await self._begin_catch_up([])
+            except BaseException:
+                self._stale = True
+                raise
+
+    @property
+    def stale(self) -> bool:
+        """Memory may be ahead of the store: the next batch rebuilds the book."""
+        return self._stale
+
+    @property
+    def catching_up(self) -> bool:
+        return self._catch_up is not None
+
+    async def caught_up(self) -> None:
+        """Return once no background catch-up runs (at once if none does)."""
+        await self._caught_up.wait()
+
+    async def close(self) -> None:
+        """Stop a background catch-up and take no more batches (they are stored: the next
+        :meth:`start` or :meth:`load` catches up on them)."""
+        self._shut = True
+        await self._stop_catch_up()
+
+    async def _stop_catch_up(self) -> None:
+        task = self._catch_up
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _load_open(self) -> int:
+        """Forget everything, load the open jobs and their timelines; the job cursor."""
         self._reset()
         self._loaded = True
         self._stale = False
@@ -238,10 +313,13 @@ class JobBook:
             if slip:
                 self._slips[key] = _Slip(committed_ms=slip * 1000.0)
             self._show(rec)
-        cursor = await self.store.job_cursor()
+        return await self.store.job_cursor()
+
+    async def _load(self) -> list[JobRow]:
+        cursor = await self._load_open()
         changed: list[JobRow] = []
         caught_up = 0
-        while True:
+        while not self._stale:
             page = await self.store.job_events_after(cursor, _CATCH_UP_PAGE)
             if not page:
                 break
@@ -249,24 +327,112 @@ class JobBook:
             caught_up += len(page)
             changed += await self._apply([e.incoming for e in page], cursor=cursor)
         if caught_up:
-            log.info("job book: caught up on %d stored event(s)", caught_up)
+            log.info("job book: caught up on %d stored record(s)", caught_up)
         return changed
+
+    async def _begin_catch_up(self, leftover: list[Incoming]) -> None:
+        """Under the lock: load the open jobs and start the background catch-up up to the
+        newest stored record; ``leftover`` (not replayed records of the batch that made
+        this rebuild) is applied after it."""
+        cursor = await self._load_open()
+        head = await self.store.record_cursor()
+        self._pending = [(leftover, head)] if leftover else []
+        self._pending_records = len(leftover)
+        self._caught_up.clear()
+        self._catch_up = asyncio.create_task(
+            self._run_catch_up(cursor, head), name="hub.jobs.catch-up"
+        )
+
+    async def _run_catch_up(self, cursor: int, head: int) -> None:
+        """Replay the stored records in (cursor, head] one page per lock hold, then the
+        batches that arrived meanwhile, in order; on an error the book is stale (the next
+        batch rebuilds)."""
+        caught_up = 0
+        finished = False
+        try:
+            while not finished:
+                async with self._lock:
+                    if self._is_stale():
+                        return
+                    page = await self.store.job_events_after(cursor, _CATCH_UP_PAGE)
+                    mine = [e for e in page if e.cursor <= head]
+                    if mine:
+                        cursor = mine[-1].cursor
+                        caught_up += len(mine)
+                        await self._apply([e.incoming for e in mine], cursor=cursor)
+                    if len(mine) < _CATCH_UP_PAGE or cursor >= head:
+                        for records, at in self._pending:
+                            if self._is_stale():
+                                return
+                            await self._apply(records, cursor=at)
+                        finished = not self._is_stale()
+                        if finished:
+                            self._end_catch_up()
+                await asyncio.sleep(0)  # let a waiting batch take the lock
+            log.info("job book: caught up on %d stored record(s)", caught_up)
+        except asyncio.CancelledError:
+            self._stale = True
+            raise
+        except Exception:
+            self._stale = True
+            self.counters["store_errors"] += 1
+            log.exception("job book: catching up failed; rebuilding with the next batch")
+        finally:
+            if not finished:
+                self._end_catch_up()
+
+    def _is_stale(self) -> bool:
+        return self._stale  # a call: awaits in between may have changed it
+
+    def _end_catch_up(self) -> None:
+        self._pending = []
+        self._pending_records = 0
+        self._catch_up = None
+        self._caught_up.set()
 
     # -- applying --------------------------------------------------------------------------
 
     async def apply(self, records: Sequence[Incoming]) -> list[JobRow]:
         """Take in records that were just committed; store, show and announce the jobs
-        they changed. Returns the changed rows."""
-        async with self._lock:
-            try:
-                if not self._loaded or self._stale:
-                    # The stored events already include these records.
-                    return await self._load()
-                cursor = await self.store.record_cursor()
-                return await self._apply(records, cursor=cursor)
-            except BaseException:
-                self._stale = True  # memory may be ahead of the store: rebuild next time
-                raise
+        they changed. Returns the changed rows (none while a background catch-up holds the
+        batch for after it)."""
+        while True:
+            async with self._lock:
+                if self._shut:
+                    return []
+                if self._catch_up is None:
+                    try:
+                        return await self._apply_now(records)
+                    except BaseException:
+                        self._stale = True  # memory may be ahead of the store: rebuild
+                        raise
+                if self._pending_records + len(records) <= _PENDING_MAX or not self._pending:
+                    try:
+                        cursor = await self.store.record_cursor()
+                    except BaseException:
+                        self._stale = True  # the catch-up stops; the next batch rebuilds
+                        raise
+                    self._pending.append((list(records), cursor))
+                    self._pending_records += len(records)
+                    return []
+                done = self._caught_up
+            self.counters["waits_for_catch_up"] += 1
+            await done.wait()
+
+    async def _apply_now(self, records: Sequence[Incoming]) -> list[JobRow]:
+        if self._loaded and not self._stale:
+            cursor = await self.store.record_cursor()
+            return await self._apply(records, cursor=cursor)
+        # A rebuild: the stored records it replays include this batch's events and job
+        # snapshots; its telemetry and job-less states are applied after them.
+        leftover = [inc for inc in records if not _replayed(inc)]
+        if self._background:
+            await self._begin_catch_up(leftover)
+            return []
+        changed = await self._load()
+        if leftover and not self._stale:
+            changed += await self._apply(leftover, cursor=await self.store.record_cursor())
+        return changed
 
     async def _apply(self, records: Sequence[Incoming], *, cursor: int) -> list[JobRow]:
         self._touched = {}
@@ -406,8 +572,10 @@ class JobBook:
         job = await self._lookup(key, agent_job)
         if job is None:
             started = snap.get("started")
-            start = started if isinstance(started, int) and not isinstance(started, bool) else ts
-            job = await self._create(key, agent_job, min(start, ts))
+            start = ts  # a start before 2020 or after the snapshot is no start
+            if isinstance(started, int) and not isinstance(started, bool):
+                start = started if MIN_VALID_TS <= started <= ts else ts
+            job = await self._create(key, agent_job, start)
             self._describe(job, snap, overwrite=False)
             await self._place(job)
         else:

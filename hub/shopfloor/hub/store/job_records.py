@@ -182,7 +182,9 @@ class JobBookStore(Protocol):
         ...
 
     async def job_events_after(self, cursor: int, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` stored event records with a cursor above ``cursor``, in order."""
+        """Up to ``limit`` stored records with a cursor above ``cursor``, in order, of
+        those the book replays: every event, and every state snapshot whose ``job`` is an
+        object (telemetry and job-less states are not replayed)."""
         ...
 
     async def past_runs(

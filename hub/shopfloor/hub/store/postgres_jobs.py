@@ -17,7 +17,9 @@ What differs from SQLite, and why:
 - Text that PostgreSQL cannot hold (NUL, unpaired surrogates) is stored with U+FFFD in
   their place, and filters are cleaned the same way, as everywhere in this store.
 - Ids and times outside ``bigint`` (a cursor or id someone typed) select nothing or
-  everything, as the comparison says, instead of failing the query.
+  everything, as the comparison says, instead of failing the query. A value outside
+  ``bigint`` that would be stored fails the save as asyncpg's ``DataError``, a
+  :class:`~shopfloor.hub.errors.StoreError` like every database error here.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 from shopfloor.contract import Envelope, RecordKind
+from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import EtaOrigin, Incoming, JobOutcome, JobRow
 from shopfloor.hub.store.job_records import EndReason, JobRecord, PastRunRow, StoredEvent
 from shopfloor.hub.store.postgres_text import pg_clean as _clean
@@ -339,9 +342,14 @@ class PostgresJobs:
         """Insert or update ``records`` (by machine key and agent job) and, if given, set
         the book's catch-up cursor, in one transaction; return copies with their ids."""
         out: list[JobRecord] = []
+        try:
+            # A number beyond double precision fails here, before asyncpg (which turns one
+            # beyond bigint into a DataError, a StoreError from _writing()).
+            saves = [(job, _args(job)) for job in records]
+        except OverflowError as exc:
+            raise StoreError(f"cannot store jobs: {exc}") from exc
         async with self._writing() as conn, conn.transaction():
-            for job in records:
-                args = _args(job)
+            for job, args in saves:
                 job_id = await conn.fetchval(_UPDATE_SQL, *args)
                 if job_id is None:
                     job_id = await conn.fetchval(_INSERT_SQL, *args)
@@ -369,16 +377,18 @@ class PostgresJobs:
         async with self._read() as conn:
             rows = await conn.fetch(
                 "SELECT r.id, r.agent, r.stream, r.seq, r.machine, r.ts, r.mono, r.received_at,"
-                " r.replay, r.body::text, coalesce(m.site, '')"
+                " r.replay, r.body::text, coalesce(m.site, ''), r.kind"
                 " FROM records r LEFT JOIN machines m ON m.key = r.agent || '/' || r.machine"
-                " WHERE r.id > $1 AND r.kind = 'event' ORDER BY r.id LIMIT $2",
-                cursor,
+                " WHERE r.id > $1 AND (r.kind = 'event'"
+                "   OR (r.kind = 'state' AND jsonb_typeof(r.body -> 'job') = 'object'))"
+                " ORDER BY r.id LIMIT $2",
+                _bigint(cursor),
                 limit,
             )
         out = []
         for r in rows:
             envelope = Envelope(
-                kind=RecordKind.EVENT,
+                kind=RecordKind(r[11]),
                 agent=r[1],
                 machine=r[4],
                 stream=r[2],

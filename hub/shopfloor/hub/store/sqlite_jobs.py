@@ -7,14 +7,19 @@ reader connection for reads. Column names equal the fields of
 :class:`~shopfloor.hub.store.base.JobRow` plus the book's bookkeeping), so another backend
 maps them one to one. The book's catch-up cursor is the ``records`` rowid of the last
 record its stored jobs reflect, kept in ``counters`` as ``jobs_cursor``.
+
+Every method raises :class:`~shopfloor.hub.errors.StoreError` when the database fails,
+and also when a bound number does not fit SQLite's INTEGER (``OverflowError``): the book
+and the API catch StoreError only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -90,6 +95,8 @@ _JOBS_SQL: Final = (
 )
 _CURSOR: Final = "jobs_cursor"
 _MAX_LIMIT: Final = 10_000
+_INT_MAX: Final = 2**63 - 1
+_INT_MIN: Final = -(2**63)
 
 _UPSERT_SQL: Final = (
     "INSERT INTO jobs (machine_key, agent_job, program, unit, source, started_at, ended_at,"
@@ -110,6 +117,12 @@ _UPSERT_SQL: Final = (
     " active_ms = excluded.active_ms, profile = excluded.profile, header = excluded.header"
     " RETURNING id"
 )
+
+
+def _clamp(value: int | None) -> int | None:
+    """``value`` clamped into SQLite's INTEGER: every stored id and time is inside it, so a
+    bound beyond it compares the same as the limit itself (a typed cursor or time)."""
+    return None if value is None else max(_INT_MIN, min(_INT_MAX, value))
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
@@ -223,6 +236,14 @@ class SqliteJobs:
         @property
         def _r(self) -> aiosqlite.Connection: ...
 
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """A database error, or a bound number beyond SQLite's INTEGER, as StoreError."""
+        try:
+            yield
+        except (sqlite3.Error, OverflowError) as exc:
+            raise StoreError(f"{doing} {self.path} failed: {exc}") from exc
+
     # -- Store protocol ----------------------------------------------------------------------
 
     async def jobs(
@@ -242,52 +263,65 @@ class SqliteJobs:
         before ``since_ms`` (a running job has not ended)."""
         if ids is not None and not ids:
             return []
+        wanted = None
+        if ids is not None:
+            # An id outside INTEGER names no job (as on PostgreSQL).
+            wanted = [int(i) for i in ids if _INT_MIN <= int(i) <= _INT_MAX]
+            if not wanted:
+                return []
         params = {
             "mk": machine_key,
             "ref": order_ref,
-            "ids": json.dumps([int(i) for i in ids]) if ids is not None else None,
+            "ids": json.dumps(wanted) if wanted is not None else None,
             "running": None if running is None else int(running),
-            "since": since_ms,
-            "until": until_ms,
-            "after": after_id,
+            "since": _clamp(since_ms),
+            "until": _clamp(until_ms),
+            "after": _clamp(after_id),
             "limit": max(0, min(limit, _MAX_LIMIT)),
         }
-        async with self._r.execute(_JOBS_SQL, params) as cur:
-            rows = await cur.fetchall()
+        with self._errors("reading jobs from"):
+            async with self._r.execute(_JOBS_SQL, params) as cur:
+                rows = await cur.fetchall()
         return [_row(r) for r in rows]
 
     async def job(self, job_id: int) -> JobRow | None:
-        async with self._r.execute(_SELECT_ROWS + " WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
+        if not _INT_MIN <= job_id <= _INT_MAX:
+            return None
+        with self._errors("reading a job from"):
+            async with self._r.execute(_SELECT_ROWS + " WHERE id = ?", (job_id,)) as cur:
+                row = await cur.fetchone()
         return _row(row) if row is not None else None
 
     # -- the job book's calls ----------------------------------------------------------------
 
     async def open_jobs(self) -> list[JobRecord]:
-        async with self._r.execute(
-            _SELECT_RECORDS + " WHERE ended_at IS NULL ORDER BY started_at, id"
-        ) as cur:
-            rows = await cur.fetchall()
+        with self._errors("reading the open jobs from"):
+            async with self._r.execute(
+                _SELECT_RECORDS + " WHERE ended_at IS NULL ORDER BY started_at, id"
+            ) as cur:
+                rows = await cur.fetchall()
         return [_record(r) for r in rows]
 
     async def job_record(self, machine_key: str, agent_job: str) -> JobRecord | None:
-        async with self._r.execute(
-            _SELECT_RECORDS + " WHERE machine_key = ? AND agent_job = ?",
-            (machine_key, agent_job),
-        ) as cur:
-            row = await cur.fetchone()
+        with self._errors("reading a job from"):
+            async with self._r.execute(
+                _SELECT_RECORDS + " WHERE machine_key = ? AND agent_job = ?",
+                (machine_key, agent_job),
+            ) as cur:
+                row = await cur.fetchone()
         return _record(row) if row is not None else None
 
     async def next_job_start(
         self, machine_key: str, after_ms: int, *, exclude: tuple[str, str] | None = None
     ) -> int | None:
         skip = exclude[1] if exclude is not None and exclude[0] == machine_key else None
-        async with self._r.execute(
-            "SELECT min(started_at) FROM jobs WHERE machine_key = :mk AND started_at > :after"
-            " AND (:skip IS NULL OR agent_job != :skip)",
-            {"mk": machine_key, "after": after_ms, "skip": skip},
-        ) as cur:
-            row = await cur.fetchone()
+        with self._errors("reading job starts from"):
+            async with self._r.execute(
+                "SELECT min(started_at) FROM jobs WHERE machine_key = :mk AND started_at > :after"
+                " AND (:skip IS NULL OR agent_job != :skip)",
+                {"mk": machine_key, "after": after_ms, "skip": skip},
+            ) as cur:
+                row = await cur.fetchone()
         return int(row[0]) if row is not None and row[0] is not None else None
 
     async def save_jobs(
@@ -316,33 +350,42 @@ class SqliteJobs:
                     await conn.execute("ROLLBACK")
                     raise
                 await conn.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:
                 raise StoreError(f"writing jobs to {self.path} failed: {exc}") from exc
             return out
 
     async def job_cursor(self) -> int:
-        async with self._r.execute("SELECT value FROM counters WHERE name = ?", (_CURSOR,)) as cur:
-            row = await cur.fetchone()
+        with self._errors("reading the job cursor from"):
+            async with self._r.execute(
+                "SELECT value FROM counters WHERE name = ?", (_CURSOR,)
+            ) as cur:
+                row = await cur.fetchone()
         return int(row[0]) if row is not None else 0
 
     async def record_cursor(self) -> int:
-        async with self._r.execute("SELECT coalesce(max(rowid), 0) FROM records") as cur:
-            row = await cur.fetchone()
+        with self._errors("reading the record cursor from"):
+            async with self._r.execute("SELECT coalesce(max(rowid), 0) FROM records") as cur:
+                row = await cur.fetchone()
         return int(row[0]) if row is not None else 0
 
     async def job_events_after(self, cursor: int, limit: int) -> list[StoredEvent]:
-        async with self._r.execute(
-            "SELECT r.rowid, r.agent, r.stream, r.seq, r.machine, r.ts, r.mono, r.received_at,"
-            " r.replay, r.body, coalesce(m.site, '')"
-            " FROM records r LEFT JOIN machines m ON m.key = r.agent || '/' || r.machine"
-            " WHERE r.rowid > ? AND r.kind = 'event' ORDER BY r.rowid LIMIT ?",
-            (cursor, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        with self._errors("reading the stored events from"):
+            async with self._r.execute(
+                "SELECT r.rowid, r.agent, r.stream, r.seq, r.machine, r.ts, r.mono, r.received_at,"
+                " r.replay, r.body, coalesce(m.site, ''), r.kind"
+                " FROM records r LEFT JOIN machines m ON m.key = r.agent || '/' || r.machine"
+                # What the book replays: events, and the state snapshots that carry a job
+                # (telemetry is too much to replay; the book re-applies the batch's own).
+                " WHERE r.rowid > ? AND (r.kind = 'event'"
+                "   OR (r.kind = 'state' AND json_type(r.body, '$.job') = 'object'))"
+                " ORDER BY r.rowid LIMIT ?",
+                (_clamp(cursor), limit),
+            ) as cur:
+                rows = await cur.fetchall()
         out = []
         for r in rows:
             envelope = Envelope(
-                kind=RecordKind.EVENT,
+                kind=RecordKind(r[11]),
                 agent=r[1],
                 machine=r[4],
                 stream=r[2],
@@ -372,23 +415,24 @@ class SqliteJobs:
     ) -> list[PastRunRow]:
         if program is None and total is None:
             return []
-        async with self._r.execute(
-            "SELECT id, started_at, ended_at, total, active_ms, profile FROM jobs"
-            " WHERE machine_key = :mk AND outcome = 'completed' AND end_reason = 'event'"
-            " AND ended_at <= :before AND unit = :unit AND active_ms > 0"
-            " AND ((:program IS NOT NULL AND program = :program)"
-            "   OR (:program IS NULL AND program IS NULL AND total = :total))"
-            " ORDER BY ended_at DESC, id DESC LIMIT :limit",
-            {
-                "mk": machine_key,
-                "before": before_ms,
-                "unit": unit,
-                "program": program,
-                "total": total,
-                "limit": limit,
-            },
-        ) as cur:
-            rows = await cur.fetchall()
+        with self._errors("reading past runs from"):
+            async with self._r.execute(
+                "SELECT id, started_at, ended_at, total, active_ms, profile FROM jobs"
+                " WHERE machine_key = :mk AND outcome = 'completed' AND end_reason = 'event'"
+                " AND ended_at <= :before AND unit = :unit AND active_ms > 0"
+                " AND ((:program IS NOT NULL AND program = :program)"
+                "   OR (:program IS NULL AND program IS NULL AND total = :total))"
+                " ORDER BY ended_at DESC, id DESC LIMIT :limit",
+                {
+                    "mk": machine_key,
+                    "before": before_ms,
+                    "unit": unit,
+                    "program": program,
+                    "total": total,
+                    "limit": limit,
+                },
+            ) as cur:
+                rows = await cur.fetchall()
         return [
             PastRunRow(
                 id=int(r[0]),
@@ -403,14 +447,15 @@ class SqliteJobs:
 
     async def part_times(self, machine_key: str, limit: int) -> list[tuple[int, str | None]]:
         agent, _, machine = machine_key.partition("/")
-        async with self._r.execute(
-            "SELECT ts, json_extract(body, '$.program') FROM records"
-            " WHERE agent = ? AND machine = ? AND kind = 'event'"
-            " AND json_extract(body, '$.event') = 'part_counted'"
-            " ORDER BY ts DESC, rowid DESC LIMIT ?",
-            (agent, machine, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        with self._errors("reading part times from"):
+            async with self._r.execute(
+                "SELECT ts, json_extract(body, '$.program') FROM records"
+                " WHERE agent = ? AND machine = ? AND kind = 'event'"
+                " AND json_extract(body, '$.event') = 'part_counted'"
+                " ORDER BY ts DESC, rowid DESC LIMIT ?",
+                (agent, machine, limit),
+            ) as cur:
+                rows = await cur.fetchall()
         times = [(int(ts), p if isinstance(p, str) and p else None) for ts, p in rows]
         # Oldest first; two parts at the same ts (one with a program, one without) must not
         # compare None with a str.
