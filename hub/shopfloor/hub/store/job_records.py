@@ -13,6 +13,7 @@ must not import the job book (which imports the stores' package).
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -210,3 +211,77 @@ class JobBookStore(Protocol):
     async def state_intervals(
         self, key: str, from_ms: int, to_ms: int, *, now_ms: int
     ) -> list[Interval]: ...
+
+
+class Columns(Protocol):
+    """A database row by position: an SQLite tuple or an asyncpg Record."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+def json_object(text: str | None) -> dict[str, Any] | None:
+    """A JSON column's text (both stores select JSON as text) as a dict, or None."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    return value if isinstance(value, dict) else None
+
+
+def opt_float(value: object) -> float | None:
+    """A numeric column as a float, None for NULL (or anything not a number)."""
+    return float(value) if isinstance(value, int | float) else None
+
+
+def job_row(r: Columns) -> JobRow:
+    """A ``jobs`` row in the column order both stores select (``_COLUMNS``) as a JobRow."""
+    return JobRow(
+        id=int(r[0]),
+        machine_key=r[1],
+        agent_job=r[2],
+        program=r[3],
+        unit=r[4],
+        source=r[5],
+        started_at=int(r[6]),
+        ended_at=r[7],
+        outcome=JobOutcome(r[8]) if r[8] is not None else None,
+        done=opt_float(r[9]),
+        total=opt_float(r[10]),
+        detail=json_object(r[11]) or {},
+        eta_at=r[12],
+        eta_low_at=r[13],
+        eta_high_at=r[14],
+        eta_origin=EtaOrigin(r[15]) if r[15] is not None else None,
+        order_ref=r[16],
+        updated_at=int(r[17]),
+    )
+
+
+def job_record(r: Columns) -> JobRecord:
+    """The same row with the book's bookkeeping columns (18 on) as a JobRecord."""
+    row = job_row(r)
+    return JobRecord(
+        id=row.id,
+        machine_key=row.machine_key,
+        agent_job=row.agent_job,
+        program=row.program,
+        unit=row.unit,
+        source=row.source,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        outcome=row.outcome,
+        done=row.done,
+        total=row.total,
+        detail=dict(row.detail),
+        eta_at=row.eta_at,
+        eta_low_at=row.eta_low_at,
+        eta_high_at=row.eta_high_at,
+        eta_origin=row.eta_origin,
+        order_ref=row.order_ref,
+        updated_at=row.updated_at,
+        started_known=bool(r[18]),
+        progress_ts=r[19],
+        end_reason=EndReason(r[20]) if r[20] is not None else None,
+        active_ms=r[21],
+        profile=json_object(r[22]),
+        header=r[23],
+    )

@@ -28,8 +28,12 @@ import aiosqlite
 
 from shopfloor.contract import Envelope, RecordKind
 from shopfloor.hub.errors import StoreError
-from shopfloor.hub.store.base import EtaOrigin, Incoming, JobOutcome, JobRow
-from shopfloor.hub.store.job_records import EndReason, JobRecord, PastRunRow, StoredEvent
+from shopfloor.hub.store.base import Incoming, JobRow
+from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent
+from shopfloor.hub.store.job_records import job_record as _record
+from shopfloor.hub.store.job_records import job_row as _row
+from shopfloor.hub.store.job_records import json_object as _obj
+from shopfloor.hub.store.job_records import opt_float as _float
 
 __all__ = ["JOBS_MIGRATION", "SqliteJobs"]
 
@@ -129,70 +133,6 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
     if value is None:
         return None
     return json.dumps(dict(value), separators=(",", ":"), ensure_ascii=False)
-
-
-def _obj(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    value = json.loads(text)
-    return value if isinstance(value, dict) else None
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _row(r: Sequence[Any]) -> JobRow:
-    return JobRow(
-        id=int(r[0]),
-        machine_key=r[1],
-        agent_job=r[2],
-        program=r[3],
-        unit=r[4],
-        source=r[5],
-        started_at=int(r[6]),
-        ended_at=r[7],
-        outcome=JobOutcome(r[8]) if r[8] is not None else None,
-        done=_float(r[9]),
-        total=_float(r[10]),
-        detail=_obj(r[11]) or {},
-        eta_at=r[12],
-        eta_low_at=r[13],
-        eta_high_at=r[14],
-        eta_origin=EtaOrigin(r[15]) if r[15] is not None else None,
-        order_ref=r[16],
-        updated_at=int(r[17]),
-    )
-
-
-def _record(r: Sequence[Any]) -> JobRecord:
-    row = _row(r)
-    return JobRecord(
-        id=row.id,
-        machine_key=row.machine_key,
-        agent_job=row.agent_job,
-        program=row.program,
-        unit=row.unit,
-        source=row.source,
-        started_at=row.started_at,
-        ended_at=row.ended_at,
-        outcome=row.outcome,
-        done=row.done,
-        total=row.total,
-        detail=dict(row.detail),
-        eta_at=row.eta_at,
-        eta_low_at=row.eta_low_at,
-        eta_high_at=row.eta_high_at,
-        eta_origin=row.eta_origin,
-        order_ref=row.order_ref,
-        updated_at=row.updated_at,
-        started_known=bool(r[18]),
-        progress_ts=r[19],
-        end_reason=EndReason(r[20]) if r[20] is not None else None,
-        active_ms=r[21],
-        profile=_obj(r[22]),
-        header=r[23],
-    )
 
 
 def _params(job: JobRecord) -> dict[str, Any]:
