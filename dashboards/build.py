@@ -111,11 +111,12 @@ class Shop:
         (``hub/shopfloor/hub/store/postgres_queries.py``, docs/state-model.md "State
         intervals" rule 6), with the gap from the hub config."""
         return f"""NOT ({x}.source = 'hub' AND {x}.state = 'OFFLINE' AND coalesce(
-      (SELECT vn.ts FROM state_changes vn WHERE vn.machine_key = {x}.machine_key
-         AND vn.ts > {x}.ts AND vn.source = 'agent' ORDER BY vn.ts LIMIT 1)
-      - (SELECT vp.ts FROM state_changes vp WHERE vp.machine_key = {x}.machine_key
+      (SELECT vn.state <> 'OFFLINE' AND vn.ts - (
+         SELECT vp.ts FROM state_changes vp WHERE vp.machine_key = {x}.machine_key
          AND vp.ts <= {x}.ts AND vp.source = 'agent' ORDER BY vp.ts DESC LIMIT 1)
-      <= {self.heartbeat_gap_ms}, false))"""
+         <= {self.heartbeat_gap_ms}
+       FROM state_changes vn WHERE vn.machine_key = {x}.machine_key
+         AND vn.ts > {x}.ts AND vn.source = 'agent' ORDER BY vn.ts LIMIT 1), false))"""
 
     def midnight(self, ms: str) -> str:
         """Epoch ms of the shop's local midnight that starts the day of epoch ms ``ms``."""

@@ -227,3 +227,31 @@ async def test_job_progress_and_phase_show_in_the_view_and_late_events_do_not_re
     view = trackers.get("kiln")
     assert view is not None
     assert view.job is None
+
+
+async def test_a_replay_ends_offline_only_with_data_from_after_the_mark(
+    env: EnvFactory,
+) -> None:
+    trackers = Trackers(stale_after_ms=30_000)
+    trackers.apply(batch(inc(env(seq=1, ts=1_000), 1_000), status(True, 1_000)))
+    assert trackers.apply(batch(status(False, 10_000))) == [
+        StateRow("pi-1/cnc-1", 10_000, MachineState.OFFLINE, "agent offline")
+    ]
+    # Back at 30 s, the backlog first: telemetry from before the will proves nothing
+    # about the gap; the machine stays OFFLINE.
+    old = env(RecordKind.TELEMETRY, seq=2, ts=9_000, replay=True)
+    assert trackers.apply(batch(inc(old, 30_000))) == []
+    view = trackers.get("cnc-1")
+    assert view is not None
+    assert view.state is MachineState.OFFLINE
+    # Telemetry from 12 s: back as of 12 s (not 30 s), so the replayed IDLE from 20 s that
+    # follows is what the history shows from 20 s on.
+    after = env(RecordKind.TELEMETRY, seq=3, ts=12_000, replay=True)
+    assert trackers.apply(batch(inc(after, 30_010))) == [
+        StateRow("pi-1/cnc-1", 12_000, MachineState.RUNNING, "")
+    ]
+    idle = env(seq=4, ts=20_000, replay=True, body={"state": "IDLE", "since": 20_000})
+    assert trackers.apply(batch(inc(idle, 30_020))) == []
+    view = trackers.get("cnc-1")
+    assert view is not None
+    assert view.state is MachineState.IDLE

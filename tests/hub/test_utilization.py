@@ -265,6 +265,27 @@ async def test_the_timeline_voids_the_same_hub_offline_rows_as_utilization(
     assert await offline_spans(19.8, None) == [(19.8, 20), (50, 70)]
 
 
+async def test_a_killed_and_restarted_agent_keeps_the_hubs_offline_mark(store: AnyStore) -> None:
+    # Heartbeats to 19, killed at 19.75 (the will: the hub's mark), restarted 9 s later:
+    # its first row is its own OFFLINE agent_started (it saw nothing in between), then
+    # IDLE. The agent's rows 19 and 19.9 are less than a minute apart, but the mark stands.
+    await store.add_states([*(row(m, R) for m in range(20)), row(19.75, OFF, StateSource.HUB)])
+    await store.add_states([row(19.9, OFF), row(20, IDLE)])
+    now = T0 + 100 * MIN
+    got = await store.state_intervals(KEY, T0, T0 + 30 * MIN, now_ms=now, heartbeat_gap_ms=MIN)
+    offline = [((i.start - T0) / MIN, (i.end - T0) / MIN) for i in got if i.state is OFF]
+    assert offline == [(19.75, 19.9), (19.9, 20)]
+    planner = Planner()
+    plan = planner.plan(
+        "cnc-1", KEY, bucket=Bucket.NONE, from_ms=T0, to_ms=T0 + 30 * MIN, now_ms=now,
+        tz=UTC, calendar=None,
+    )  # fmt: skip
+    sums = await store.time_in_state(planner.probes, now_ms=now, heartbeat_gap_ms=MIN)
+    f = figures(plan.buckets[0], sums, {R})
+    assert f.states_ms[OFF] == 15_000  # 19.75 to 20 min
+    assert f.states_ms[R] == 19 * MIN + 45_000
+
+
 async def test_outage_without_replay_stays_offline_with_the_gap_rule(store: AnyStore) -> None:
     # Heartbeats to 19, the mark at 19.75, nothing from the agent until live data at 41.
     await store.add_states([*(row(m, R) for m in range(20)), row(19.75, OFF, StateSource.HUB)])

@@ -429,12 +429,17 @@ class Trackers:
         if not t.agent_online:
             # Live data proves the agent is alive even before its status says so.
             t.agent_online = self._agents[e.agent] = True
-        if t.offline is not None:
+        if t.offline is not None and (not e.replay or e.ts > t.offline_since):
+            # Back: live data (as of its arrival), or a replayed record from after the
+            # mark, as of its own time: stamped at the arrival, the row would claim the
+            # old state over the replay's later state rows (older than the arrival). A
+            # replayed record from before the mark proves nothing about the gap.
+            back = max(e.ts, t.offline_since) if e.replay else inc.received_at
             log.info("machine %s: data is back after %s", t.key, t.offline)
             t.offline = None
-            t.reported_since = inc.received_at
+            t.reported_since = back
             self.counters["recovered"] += 1
-            rows.append(StateRow(t.key, inc.received_at, t.reported, t.reported_detail))
+            rows.append(StateRow(t.key, back, t.reported, t.reported_detail))
         return t
 
     def _status(self, update: StatusUpdate, rows: list[StateRow]) -> list[MachineTracker]:

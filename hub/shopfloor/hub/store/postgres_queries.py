@@ -42,13 +42,16 @@ ORDER BY ts, id
 """
 
 #: A hub-sourced OFFLINE row is void when the agent's own rows around it are at most ``$5``
-#: ms apart (it kept observing; a replay proved it). A negative ``$5`` never voids.
+#: ms apart (it kept observing; a replay proved it) and the next one is not OFFLINE (a
+#: restarted agent's ``agent_started``: it saw nothing in between). A negative ``$5``
+#: never voids.
 _VOID_SQL: Final = """
     ({x}.source = 'hub' AND {x}.state = 'OFFLINE' AND $5::bigint >= 0 AND coalesce(
-     (SELECT n.ts FROM state_changes n WHERE n.machine_key = {x}.machine_key
-        AND n.ts > {x}.ts AND n.source = 'agent' ORDER BY n.ts LIMIT 1)
-     - (SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
-        AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= $5::bigint,
+     (SELECT n.state <> 'OFFLINE' AND n.ts - (
+        SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
+        AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= $5::bigint
+      FROM state_changes n WHERE n.machine_key = {x}.machine_key
+        AND n.ts > {x}.ts AND n.source = 'agent' ORDER BY n.ts LIMIT 1),
      false))
 """
 

@@ -194,14 +194,16 @@ ORDER BY ts, id
 #:
 #: A hub-sourced OFFLINE row (agent lost, data stale) is void when the agent's own rows
 #: show it kept observing: its previous and next agent-sourced rows are at most ``:gap`` ms
-#: apart (the agent heartbeats its state; a replay after an outage brings those rows). A
-#: negative ``:gap`` never voids.
+#: apart (the agent heartbeats its state; a replay after an outage brings those rows), and
+#: the next one is not OFFLINE (a restarted agent's ``agent_started`` row: it saw nothing
+#: in between). A negative ``:gap`` never voids.
 _VOID_SQL: Final = """
     ({x}.source = 'hub' AND {x}.state = 'OFFLINE' AND :gap >= 0 AND coalesce(
-     (SELECT n.ts FROM state_changes n WHERE n.machine_key = {x}.machine_key
-        AND n.ts > {x}.ts AND n.source = 'agent' ORDER BY n.ts LIMIT 1)
-     - (SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
-        AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= :gap, 0))
+     (SELECT n.state <> 'OFFLINE' AND n.ts - (
+        SELECT p.ts FROM state_changes p WHERE p.machine_key = {x}.machine_key
+        AND p.ts <= {x}.ts AND p.source = 'agent' ORDER BY p.ts DESC LIMIT 1) <= :gap
+      FROM state_changes n WHERE n.machine_key = {x}.machine_key
+        AND n.ts > {x}.ts AND n.source = 'agent' ORDER BY n.ts LIMIT 1), 0))
 """
 _INTERVALS_SQL_VOIDED: Final = _INTERVALS_SQL.replace(
     "{void_x}", _VOID_SQL.replace("{x}", "x")
