@@ -164,6 +164,9 @@ async def test_pages_follow_the_cursor(hub: Hub, client: httpx.AsyncClient) -> N
         ({"machine": "drill"}, "no machine 'drill'"),
         ({"cursor": "abc"}, "not one this API gave out"),
         ({"cursor": "1" * 20}, "not one this API gave out"),  # beyond 64 bits
+        ({"cursor": "²"}, "not one this API gave out"),  # isdigit() but not int(): was a 500
+        ({"cursor": "١٢"}, "not one this API gave out"),  # Arabic-Indic digits
+        ({"cursor": "9223372036854775808"}, "not one this API gave out"),  # MAX_ID + 1
         ({"limit": "0"}, "greater than or equal to 1"),
     ],
 )

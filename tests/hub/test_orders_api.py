@@ -4,6 +4,7 @@ document's quality for every endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -143,6 +144,13 @@ async def test_unknown_order_and_bad_cursor_and_bad_due_window(
     bad = await client.get("/api/v1/orders", params={"cursor": "abc"})
     assert bad.status_code == 422
     assert "next_cursor" in bad.json()["detail"]
+    order = (await client.post("/api/v1/orders", json=ORDER)).json()
+    # "²".isdigit() is True but int("²") fails: each of these was a 500
+    for cursor in ["²", "١٢", "1_000", " 7", "+7", "0"]:
+        for path in ["/api/v1/orders", f"/api/v1/orders/{order['id']}/changes"]:
+            resp = await client.get(path, params={"cursor": cursor})
+            assert resp.status_code == 422, (path, cursor, resp.text)
+            assert "is not one this API gave out" in resp.json()["detail"]
     window = await client.get("/api/v1/orders", params={"due_after": T0 + MIN, "due_before": T0})
     assert window.status_code == 422
     assert "is after 'due_before'" in window.json()["detail"]
@@ -275,6 +283,59 @@ async def test_link_and_unlink_by_api(hub: Hub, client: httpx.AsyncClient, clock
     assert (await client.delete(f"/api/v1/orders/{a['id']}/jobs/{job.id}")).status_code == 404
 
 
+async def test_a_sweep_with_every_job_linked_writes_nothing(
+    hub: Hub,
+    client: httpx.AsyncClient,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    wait_until: Callable[..., Awaitable[None]],
+) -> None:
+    """Linking by reference used to call link_job (a write transaction) for every job of
+    every open order on every sweep and job change, linked or not."""
+    shop = Shop(hub, clock)
+    await shop.state("mill", "RUNNING")
+    await shop.state("lathe", "RUNNING")
+    await shop.start("mill", "j1", "O01234 (ORDER 1042)", total=10)
+    await shop.end("mill", "j1", "completed", done=4, total=10)
+    await shop.start("mill", "j2", "O01234 (ORDER 1042)", total=10)
+    await shop.start("lathe", "j3", "O01234 (ORDER 1042)", total=10)
+    order = (await client.post("/api/v1/orders", json=ORDER)).json()
+    assert len(order["jobs"]) == 3
+    j3 = next(j["id"] for j in order["jobs"] if j["machine"] == "lathe")
+    # unlinked by hand: linking by reference leaves it alone (asked once, then remembered)
+    assert (await client.delete(f"/api/v1/orders/{order['id']}/jobs/{j3}")).status_code == 200
+    assert hub.orders is not None
+    await hub.orders.sweep()
+    store = hub.orders.store
+
+    links = await store.order_links(order["id"])
+    changes = (await client.get(f"/api/v1/orders/{order['id']}/changes")).json()["changes"]
+    assert len(links) == 2
+    writes: list[str] = []
+    for name in ("link_job", "unlink_job", "record_order_change"):
+        real = getattr(store, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            writes.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, spy)
+
+    assert await hub.orders.sweep() == 1
+    assert await hub.orders.sweep() == 1
+    await shop.progress("mill", "j2", done=5, total=10)  # a job change of a linked job
+    await wait_until(lambda: _field(client, order["id"], "made", 9))
+    await shop.progress("lathe", "j3", done=2, total=10)  # and of the one unlinked by hand
+    await asyncio.sleep(0.5)  # the hub's own sweeps (every 0.2 s) run meanwhile
+
+    assert writes == []
+    assert await store.order_links(order["id"]) == links
+    after = (await client.get(f"/api/v1/orders/{order['id']}/changes")).json()["changes"]
+    assert after == changes
+    view = (await client.get(f"/api/v1/orders/{order['id']}")).json()
+    assert j3 not in [j["id"] for j in view["jobs"]]
+
+
 async def test_writes_need_the_write_scope_and_webhooks_admin(
     hub_config: Callable[..., HubConfig], clock: Clock, backend: str, pg: PgServer
 ) -> None:
@@ -308,16 +369,47 @@ async def test_writes_need_the_write_scope_and_webhooks_admin(
             assert "secret" not in listed.json()["webhooks"][0]
 
 
-async def test_webhook_management_validates(client: httpx.AsyncClient) -> None:
+@pytest.fixture
+async def admin(
+    hub_config: Callable[..., HubConfig], clock: Clock, backend: str, pg: PgServer
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a hub with an admin token, sending that token."""
+    config = on_backend(hub_config(FAST + tokens(boss=["admin"])), backend, pg)
+    async with (
+        open_hub(config, mqtt=False, clock=clock) as running,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(running.config, hub=running)),
+            base_url="http://hub",
+            headers=bearer("boss"),
+        ) as c,
+    ):
+        yield c
+
+
+async def test_webhook_management_validates(admin: httpx.AsyncClient) -> None:
+    client = admin
     for body, fragment in [
         ({"url": "ftp://shop.example.com/x"}, "http:// or https://"),
         ({"url": "https://user:pw@shop.example.com/x"}, "password"),
         ({"url": "https://shop.example.com/x", "events": ["order.deleted"]}, "unknown event"),
         ({"url": "https://shop.example.com/x", "events": []}, "events"),
+        # Each of these passed and then made the sender raise (taking the hub down) or
+        # answered 500 here: checked the way the sender parses it now.
+        ({"url": "http://host:abc/"}, "not a valid URL"),
+        ({"url": "http://xn--zz.com/"}, "not a valid URL"),
+        ({"url": "http://[::1/"}, "not a valid URL"),
+        ({"url": "https://shop.example.com:99999/x"}, "not a valid URL"),
+        ({"url": "https://shop.example.com:0/x"}, "port 0"),
+        ({"url": "http:///x"}, "with a host"),
+        ({"url": "http://shop example.com/x"}, "spaces or control characters"),
     ]:
         resp = await client.post("/api/v1/webhooks", json=body)
-        assert resp.status_code == 422, body
-        assert fragment in json.dumps(resp.json()["detail"])
+        assert resp.status_code == 422, (body, resp.text)
+        assert fragment in json.dumps(resp.json()["detail"]), resp.text
+    for url in ["http://[::1]:8080/h", "https://münchen.example/h", "http://127.0.0.1:9/h"]:
+        ok = await client.post("/api/v1/webhooks", json={"url": url})
+        assert ok.status_code == 201, ok.text
+        assert (await client.delete(f"/api/v1/webhooks/{ok.json()['id']}")).status_code == 204
     made = (await client.post("/api/v1/webhooks", json={"url": "https://a.example/h"})).json()
     assert made["events"] == ["order.status_changed"]
     assert made["secret"].startswith("whsec_")
@@ -327,6 +419,34 @@ async def test_webhook_management_validates(client: httpx.AsyncClient) -> None:
     assert (await client.delete(f"/api/v1/webhooks/{made['id']}")).status_code == 404
     assert (await client.get(f"/api/v1/webhooks/{made['id']}/deliveries")).status_code == 404
     assert (await client.get("/api/v1/webhooks")).json() == {"webhooks": []}
+    kept = (await client.post("/api/v1/webhooks", json={"url": "https://a.example/h"})).json()
+    for cursor in ["²", "abc", "9" * 20]:
+        resp = await client.get(
+            f"/api/v1/webhooks/{kept['id']}/deliveries", params={"cursor": cursor}
+        )
+        assert resp.status_code == 422, (cursor, resp.text)
+
+
+async def test_webhooks_are_refused_on_a_hub_without_tokens(client: httpx.AsyncClient) -> None:
+    """Without tokens every call would be open: anyone could aim deliveries at addresses
+    only the hub reaches and read the answers in last_status/last_error."""
+    calls = [
+        ("POST", "/api/v1/webhooks", {"url": "http://127.0.0.1:22/"}),
+        ("GET", "/api/v1/webhooks", None),
+        ("GET", "/api/v1/webhooks/1", None),
+        ("DELETE", "/api/v1/webhooks/1", None),
+        ("GET", "/api/v1/webhooks/1/deliveries", None),
+        ("POST", "/api/v1/webhooks/1/deliveries/1/retry", None),
+    ]
+    for method, path, body in calls:
+        resp = await client.request(method, path, json=body)
+        assert resp.status_code == 403, (method, path, resp.text)
+        detail = resp.json()["detail"]
+        assert "[[api.tokens]]" in detail
+        assert 'scopes = ["admin"]' in detail
+        assert "docs/configuration.md" in detail
+    # the rest of the open hub still works
+    assert (await client.post("/api/v1/orders", json=ORDER)).status_code == 201
 
 
 def _resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@ stream carries the same changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import re
 import socket
@@ -23,8 +25,15 @@ from shopfloor.hub.api.app import create_app
 from shopfloor.hub.config import HubConfig
 from shopfloor.hub.runtime import Hub, open_hub
 
+# Webhook management needs an admin token: a hub without tokens refuses it.
+ADMIN = {"Authorization": "Bearer boss-token"}
+TOKENS = (
+    '[[api.tokens]]\nname = "boss"\n'
+    f'sha256 = "{hashlib.sha256(b"boss-token").hexdigest()}"\nscopes = ["admin"]\n'
+)
 FAST = (
     "[orders]\nsweep_s = 0.2\n[webhooks]\nretry_base_s = 0.05\nretry_max_s = 0.2\ntimeout_s = 2\n"
+    + TOKENS
 )
 ORDER: dict[str, Any] = {
     "ref": "1042",
@@ -56,7 +65,9 @@ def config(hub_config: Callable[..., HubConfig], backend: str, pg: PgServer) -> 
 
 def api(hub: Hub) -> httpx.AsyncClient:
     return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(hub.config, hub=hub)), base_url="http://hub"
+        transport=httpx.ASGITransport(app=create_app(hub.config, hub=hub)),
+        base_url="http://hub",
+        headers=ADMIN,
     )
 
 
@@ -272,7 +283,7 @@ async def test_the_event_stream_carries_order_changes(
 ) -> None:
     hub, port = served_hub
     async with (
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=ADMIN) as client,
         client.stream("GET", "/api/v1/events") as resp,
     ):
         lines = resp.aiter_lines()
@@ -301,3 +312,204 @@ async def test_the_event_stream_carries_order_changes(
         )
         logged = (await client.get(f"/api/v1/orders/{order['id']}/changes")).json()["changes"]
         assert logged == [change]
+
+
+# --- receivers and URLs that used to stall or stop the sender -------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"shopfloor-signature": "v1=" + "0" * 64},  # no timestamp
+        {"shopfloor-timestamp": "{now}"},  # no signature
+        {"shopfloor-timestamp": "{now}", "shopfloor-signature": "v1=" + "é" * 64},
+        {"shopfloor-timestamp": "{now}", "shopfloor-signature": "v1=\udcff"},
+        {"shopfloor-timestamp": "²", "shopfloor-signature": "v1=" + "0" * 64},
+        {"shopfloor-timestamp": "1" * 5000, "shopfloor-signature": "v1=" + "0" * 64},
+        {"shopfloor-timestamp": "", "shopfloor-signature": ""},
+        {"shopfloor-timestamp": "{now}", "shopfloor-signature": "v1=, ,="},
+    ],
+)
+def test_the_docs_snippet_says_no_to_malformed_headers_and_never_raises(
+    headers: dict[str, str],
+) -> None:
+    """The snippet raised KeyError, ValueError or TypeError for these (a receiver's 500)."""
+    import time
+
+    now = str(int(time.time()))
+    sent = {k: v.replace("{now}", now) for k, v in headers.items()}
+    assert docs_verifier()("whsec_x", sent, b"{}") is False
+
+
+def test_the_docs_snippet_accepts_a_real_signature() -> None:
+    import time
+
+    from shopfloor.hub.orders.signing import signature_header
+
+    now = int(time.time())
+    body = b'{"id":"e1"}'
+    headers = {
+        "shopfloor-timestamp": str(now),
+        "shopfloor-signature": f"v1={'é' * 64}, {signature_header('whsec_x', now, body)}",
+    }
+    assert docs_verifier()("whsec_x", headers, body) is True
+    assert docs_verifier()("whsec_y", headers, body) is False
+
+
+class Misbehaving:
+    """A real HTTP server on 127.0.0.1 that answers every request the same bad way:
+    ``trickle`` (200, then a chunked body a little at a time, forever), ``flood`` (500,
+    then an endless chunked body as fast as it goes) or ``redirect`` (307 to ``location``)."""
+
+    def __init__(self, mode: str, location: str = "") -> None:
+        self.mode = mode
+        self.location = location
+        self.requests = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def __aenter__(self) -> Misbehaving:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+            self.requests += 1
+            if self.mode == "redirect":
+                writer.write(
+                    f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {self.location}\r\n"
+                    "Content-Length: 0\r\n\r\n".encode()
+                )
+                await writer.drain()
+                return
+            status = "200 OK" if self.mode == "trickle" else "500 Internal Server Error"
+            writer.write(f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+            chunk = b"x" * 16 if self.mode == "trickle" else b"oops\x00\n " * 4096
+            while True:
+                writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.2 if self.mode == "trickle" else 0)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+async def deliveries_of(client: httpx.AsyncClient, hook: dict[str, Any]) -> list[dict[str, Any]]:
+    resp = await client.get(f"/api/v1/webhooks/{hook['id']}/deliveries")
+    assert resp.status_code == 200, resp.text
+    rows: list[dict[str, Any]] = resp.json()["deliveries"]
+    return rows
+
+
+async def test_a_slow_or_endless_answer_cannot_hold_up_the_other_subscriptions(
+    hub_config: Callable[..., HubConfig], clock: Clock, wait_until: Wait, backend: str, pg: PgServer
+) -> None:
+    """timeout_s bounds the whole attempt, and at most 4 KiB of an answer is read: a
+    receiver that answers 200 and then trickles its body used to keep every delivery of
+    every subscription waiting (forever), one that floods a body was read to the end."""
+    config = on_backend(hub_config(FAST.replace("timeout_s = 2", "timeout_s = 1")), backend, pg)
+    async with (
+        receiver() as rx,
+        Misbehaving("trickle") as trickle,
+        Misbehaving("flood") as flood,
+        Misbehaving("redirect", location=rx.url) as redirect,
+        open_hub(config, mqtt=False, clock=clock) as hub,
+        api(hub) as client,
+    ):
+        slow = await subscribe(client, trickle.url)
+        loud = await subscribe(client, flood.url)
+        moved = await subscribe(client, redirect.url)
+        hook = await subscribe(client, rx.url)
+        order = (await client.post("/api/v1/orders", json=ORDER)).json()
+        shop = Shop(hub, clock)
+        await shop.state("mill", "IDLE", program="O01234")  # -> queued
+        await wait_until(lambda: len(rx.accepted) == 1, 10)
+        await shop.state("mill", "RUNNING", program="O01234 (ORDER 1042)")
+        await shop.start("mill", "j1", "O01234 (ORDER 1042)", total=3)  # -> in_production
+        await wait_until(lambda: len(rx.accepted) == 2, 10)
+        changes = await change_log(client, order["id"])
+        assert_exactly_once(rx, changes, hook["secret"])
+
+        async def tried(sub: dict[str, Any]) -> bool:
+            rows = await deliveries_of(client, sub)
+            return len(rows) == 2 and all(r["attempts"] >= 1 for r in rows)
+
+        for sub in (slow, loud, moved):
+            await wait_until(lambda sub=sub: tried(sub), 10)
+        for row in await deliveries_of(client, slow):
+            assert row["last_status"] == 200  # the status came, the body never ended
+            assert row["last_error"] == "no complete answer within 1 s"
+        for row in await deliveries_of(client, loud):
+            assert row["last_status"] == 500
+            assert row["last_error"].startswith("the receiver answered 500: oops oops"), row
+            assert len(row["last_error"]) <= 300
+        for row in await deliveries_of(client, moved):  # redirects are not followed
+            assert row["last_status"] == 307
+            assert row["state"] in ("pending", "dead")
+        assert redirect.requests >= 2
+        assert len(rx.seen) == 2  # nothing arrived by way of the redirect
+
+
+async def test_a_url_the_sender_cannot_parse_fails_its_delivery_not_the_hub(
+    config: HubConfig, clock: Clock, wait_until: Wait, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Subscriptions an earlier hub accepted: httpx raised InvalidURL / IDNAError in the
+    sender, which stopped the whole hub (again after every restart, the delivery pending).
+    The sender also ignores proxy settings in its environment."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    dead = f"http://127.0.0.1:{free_port()}"
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, dead)
+    bad_urls = {
+        "http://host:abc/": "InvalidURL",
+        "http://xn--zz.com/": "IDNAError",
+        "http://[::1/": "InvalidURL",
+    }
+    async with (
+        receiver() as rx,
+        open_hub(config, mqtt=False, clock=clock) as hub,
+        api(hub) as client,
+    ):
+        assert hub.orders is not None
+        bad = {}
+        for url in bad_urls:
+            made = await hub.orders.store.add_webhook(
+                url=url, events=["order.status_changed"], secret="whsec_x", description="",
+                now=clock(),
+            )  # fmt: skip
+            bad[url] = {"id": made.id}
+        hook = await subscribe(client, rx.url)
+        order = (await client.post("/api/v1/orders", json=ORDER)).json()
+        shop = Shop(hub, clock)
+        await shop.state("mill", "IDLE", program="O01234")  # -> queued
+        await wait_until(lambda: len(rx.accepted) == 1, 10)
+        await shop.state("mill", "RUNNING", program="O01234 (ORDER 1042)")
+        await shop.start("mill", "j1", "O01234 (ORDER 1042)", total=3)
+        await wait_until(lambda: len(rx.accepted) == 2, 10)
+        assert_exactly_once(rx, await change_log(client, order["id"]), hook["secret"])
+
+        for url, sub in bad.items():
+            rows = await deliveries_of(client, sub)
+            assert len(rows) == 2
+            for row in rows:
+                assert row["attempts"] >= 1, (url, row)
+                assert row["last_status"] is None
+                assert bad_urls[url] in row["last_error"], (url, row)
+        assert (await client.get("/api/v1/health")).status_code == 200

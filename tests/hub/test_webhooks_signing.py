@@ -41,6 +41,36 @@ def test_verify_rejects_an_old_timestamp_and_accepts_one_of_several_signatures()
     assert verify(SECRET, BODY, timestamp=str(TS), signature=rotated, now_s=TS)
 
 
+GOOD = signature_header(SECRET, TS, BODY)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "signature"),
+    [
+        (str(TS), "v1=" + "é" * 64),  # non-ASCII: hmac.compare_digest raised TypeError on str
+        (str(TS), "v1=\udcff" + GOOD[4:]),  # a lone surrogate cannot even be encoded strictly
+        (str(TS), f"v1=é, {GOOD}x"),
+        ("²", GOOD),  # isdigit() but not int()
+        ("1" * 5000, GOOD),  # int() refuses more than 4300 digits
+        ("1_764_000_000", GOOD),  # int() accepts these, but they are not what was signed
+        (f" {TS}", GOOD),
+        (f"+{TS}", GOOD),
+        (None, GOOD),  # missing headers
+        (str(TS), None),
+        ("", ""),
+        (str(TS), ""),
+        (str(TS), "v1="),
+        (str(TS), "v1"),
+        (str(TS), "=,=,,"),
+        (str(TS), GOOD.upper()),
+    ],
+)
+def test_verify_says_no_to_malformed_or_missing_headers_and_never_raises(
+    timestamp: str | None, signature: str | None
+) -> None:
+    assert verify(SECRET, BODY, timestamp=timestamp, signature=signature, now_s=TS) is False
+
+
 def test_secrets_are_fresh_and_long() -> None:
     a, b = new_secret(), new_secret()
     assert a != b

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Final
 
@@ -19,6 +20,17 @@ _bearer = HTTPBearer(auto_error=False, description="a token from [[api.tokens]]"
 #: Ids and cursors are 64-bit in both stores; a larger number names nothing (and would
 #: overflow SQLite's integer binding), so it is refused as invalid.
 MAX_ID: Final = 2**63 - 1
+_CURSOR: Final = re.compile(r"[0-9]{1,19}")
+
+
+def cursor_id(cursor: str) -> int | None:
+    """The id in a cursor this API gave out (ASCII digits, at most :data:`MAX_ID`); None
+    for anything else. ``str.isdigit`` is not enough: it is True for "²", which ``int``
+    refuses."""
+    if _CURSOR.fullmatch(cursor) is None:
+        return None
+    value = int(cursor)
+    return value if value <= MAX_ID else None
 
 
 def get_hub(request: Request) -> Hub:

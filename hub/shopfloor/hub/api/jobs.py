@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from shopfloor.hub.api.deps import MAX_ID, HubDep, ReadToken
+from shopfloor.hub.api.deps import MAX_ID, HubDep, ReadToken, cursor_id
 from shopfloor.hub.api.machines import parse_time
 from shopfloor.hub.runtime import Hub
 from shopfloor.hub.store.base import EtaOrigin, JobOutcome, JobRow
@@ -184,11 +184,11 @@ async def list_jobs(  # noqa: PLR0917 - FastAPI passes every query parameter by 
             )
     after: int | None = None
     if cursor is not None:
-        if not cursor.isdigit() or int(cursor) > MAX_ID:
+        after = cursor_id(cursor)
+        if after is None:
             raise _unprocessable(
                 f"cursor {cursor!r} is not one this API gave out; pass next_cursor unchanged"
             )
-        after = int(cursor)
     rows = await hub.store.jobs(
         machine_key=key,
         order_ref=order_ref,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response, status
 
-from shopfloor.hub.api.deps import MAX_ID, HubDep, ReadToken, WriteToken
+from shopfloor.hub.api.deps import MAX_ID, HubDep, ReadToken, WriteToken, cursor_id
 from shopfloor.hub.api.machines import parse_time
 from shopfloor.hub.api.order_models import (
     ErrorModel,
@@ -94,12 +94,13 @@ def due_ms(value: int | datetime | None) -> int | None:
 def parse_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit() or not 1 <= int(cursor) <= MAX_ID:
+    value = cursor_id(cursor)
+    if value is None or value < 1:
         raise _unprocessable(
             f"cursor {cursor!r} is not one this API gave out; pass next_cursor from the "
             "previous page, or leave it out for the first page"
         )
-    return int(cursor)
+    return value
 
 
 @router.post(

@@ -1,5 +1,7 @@
 """Webhook subscriptions and their deliveries. Every call needs the ``admin`` scope: a
-subscription sends order data to any URL, and its secret signs what the hub says.
+subscription sends order data to any URL, and its secret signs what the hub says. A hub
+without configured tokens refuses every call (403): there, anyone who can reach the API
+could point deliveries at addresses only the hub can reach and read the answers.
 
 The delivery format, headers and signature are in docs/api.md "Webhooks";
 :func:`document_webhooks` also puts the payload into the OpenAPI document's ``webhooks``.
@@ -10,7 +12,18 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response, status
+import httpx
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+    status,
+)
 
 from shopfloor.hub.api.deps import MAX_ID, AdminToken, HubDep
 from shopfloor.hub.api.order_models import (
@@ -33,9 +46,21 @@ from shopfloor.hub.orders.model import (
 )
 from shopfloor.hub.orders.signing import new_secret
 
-router = APIRouter(prefix="/webhooks", tags=["webhooks"])
-
 MAX_LIMIT: Final = 200
+NO_TOKENS: Final = (
+    "webhook subscriptions need an admin token, and this hub has no API tokens: add an "
+    '[[api.tokens]] block with scopes = ["admin"] to hub.toml (docs/configuration.md, '
+    "\"API tokens\"), restart the hub, and send the token as 'Authorization: Bearer <token>'"
+)
+
+
+async def tokens_configured(request: Request) -> None:
+    """Refuse webhook management on a hub without tokens (where every call would be open)."""
+    if not request.app.state.config.api.tokens:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=NO_TOKENS)
+
+
+router = APIRouter(prefix="/webhooks", tags=["webhooks"], dependencies=[Depends(tokens_configured)])
 NOT_FOUND: Final[dict[int | str, dict[str, Any]]] = {
     404: {"model": ErrorModel, "description": "no such subscription"}
 }
@@ -80,12 +105,30 @@ def _delivery(row: DeliveryRow) -> DeliveryModel:
 
 
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    """``url`` if the sender can POST to it, else a 422 that says what is wrong with it.
+    It is checked the way the sender reads it (:class:`httpx.URL`), so a URL accepted here
+    cannot fail to parse at delivery time."""
+    example = "e.g. https://shop.example.com/hooks/shopfloor"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise _unprocessable(f"url {url!r} contains spaces or control characters; {example}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number 0-65535
+        parsed = httpx.URL(url)
+        host, parsed_port = parsed.host, parsed.port
+    except Exception as exc:  # noqa: BLE001 - httpx.InvalidURL, idna.IDNAError, ValueError
+        reason = str(exc) or type(exc).__name__
+        raise _unprocessable(f"url {url!r} is not a valid URL ({reason}); {example}") from None
+    if parts.scheme not in ("http", "https") or parsed.scheme not in ("http", "https"):
         raise _unprocessable(
-            f"url {url!r} is not an http:// or https:// URL with a host; "
-            "e.g. https://shop.example.com/hooks/shopfloor"
+            f"url {url!r} is not an http:// or https:// URL with a host; {example}"
         )
+    if not parts.hostname or not host:
+        raise _unprocessable(
+            f"url {url!r} is not an http:// or https:// URL with a host; {example}"
+        )
+    if port == 0 or parsed_port == 0:
+        raise _unprocessable(f"url {url!r} has port 0; use a port from 1 to 65535")
     if parts.username or parts.password:
         raise _unprocessable(
             "url must not carry a user name or password; the signature authenticates the hub"
@@ -230,4 +273,5 @@ def document_webhooks(app: FastAPI) -> None:
     def order_status_changed(body: OrderChangeModel) -> None:
         """POSTed to every subscribed URL, signed: ``Shopfloor-Timestamp`` (unix seconds)
         and ``Shopfloor-Signature: v1=<hex HMAC-SHA256(secret, timestamp + "." + body)>``;
-        ``Shopfloor-Event-Id`` / ``Idempotency-Key`` repeat on retries."""
+        ``Shopfloor-Event-Id`` / ``Idempotency-Key`` repeat on retries (they are not
+        signed: de-duplicate on the body's ``id``)."""

@@ -73,6 +73,10 @@ class OrderBook:
         self._dirty_jobs: dict[int, JobRow] = {}
         self._dirty_machines: set[str] = set()
         self._wake = asyncio.Event()
+        #: (order, job) pairs that linking by reference refused although the job was not
+        #: linked: the job was unlinked from that order by hand. Not asked again (each ask is
+        #: a write transaction) until that job is linked or unlinked through the book.
+        self._declined: set[tuple[int, int]] = set()
 
     # -- what the API calls --------------------------------------------------------------------
 
@@ -96,6 +100,7 @@ class OrderBook:
     async def link(self, order_id: int, job_id: int) -> Linked | None:
         """Link a job by API call (None if the order does not exist)."""
         async with self._lock:
+            self._forget_declined(job_id)
             created = await self.store.link_job(order_id, job_id, via=LinkVia.API, now=self.clock())
             view = await self._refresh(order_id)
         return None if view is None else Linked(created, view)
@@ -103,6 +108,7 @@ class OrderBook:
     async def unlink(self, order_id: int, job_id: int) -> dict[str, Any] | None:
         """Unlink a job; None if it was not linked to this order."""
         async with self._lock:
+            self._forget_declined(job_id)
             if not await self.store.unlink_job(order_id, job_id):
                 return None
             return await self._refresh(order_id)
@@ -167,22 +173,30 @@ class OrderBook:
             self._wake.set()
 
     async def _guarded(self, work: Any) -> None:
+        """Run one sweep or batch of changes; a failure is logged (with its traceback) and
+        the next change or sweep tries again, so nothing stops :meth:`run`."""
         try:
             await work
         except StoreError:
             log.exception("order roll-up failed; the next change or sweep tries again")
+        except Exception:
+            log.exception("order roll-up failed unexpectedly; the next change or sweep tries again")
 
     async def _handle_dirty(self) -> None:
         self._wake.clear()
         jobs, self._dirty_jobs = list(self._dirty_jobs.values()), {}
         machines, self._dirty_machines = sorted(self._dirty_machines), set()
         touched: set[int] = set()
+        linked = await self.store.orders_of_jobs([j.id for j in jobs])
+        added = False
         for job in jobs:
-            if job.order_ref:
+            if job.order_ref and job.id not in linked:
                 order = await self.store.order_by_ref(job.order_ref)
                 if order is not None:
-                    await self.store.link_job(order.id, job.id, via=LinkVia.REF, now=self.clock())
-        touched.update((await self.store.orders_of_jobs([j.id for j in jobs])).values())
+                    added = await self._link_new(order.id, job.id) or added
+        if added:
+            linked = await self.store.orders_of_jobs([j.id for j in jobs])
+        touched.update(linked.values())
         if machines and not await self.store.orders(statuses=_OPEN, limit=1):
             machines = []  # no open order: a machine change cannot move any status
         for key in machines:
@@ -199,9 +213,25 @@ class OrderBook:
                 await self._refresh(order_id)
 
     async def _link_by_ref(self, order: OrderRow) -> None:
+        """Link the jobs carrying the order's reference that no order has yet. Reads first:
+        with nothing new to link (every sweep, mostly) nothing is written."""
         jobs = await self.store.jobs(order_ref=order.ref, limit=MAX_REF_JOBS)
+        linked = await self.store.orders_of_jobs([job.id for job in jobs])
         for job in jobs:
-            await self.store.link_job(order.id, job.id, via=LinkVia.REF, now=self.clock())
+            if job.id not in linked:
+                await self._link_new(order.id, job.id)
+
+    async def _link_new(self, order_id: int, job_id: int) -> bool:
+        """Link by reference a job no order has (as last read); True if it was linked."""
+        if (order_id, job_id) in self._declined:
+            return False
+        if await self.store.link_job(order_id, job_id, via=LinkVia.REF, now=self.clock()):
+            return True
+        self._declined.add((order_id, job_id))
+        return False
+
+    def _forget_declined(self, job_id: int) -> None:
+        self._declined = {pair for pair in self._declined if pair[1] != job_id}
 
     def _machines(self) -> dict[str, MachineNow]:
         out = {}

@@ -6,6 +6,10 @@ refused or dropped connection, a timeout) schedules a retry with exponential bac
 jitter (:mod:`.backoff`) until the last attempt, which marks it dead (visible in
 ``GET /api/v1/webhooks/{id}/deliveries``). State lives only in the store, so a hub that
 stops mid-delivery sends the same delivery (same event id) again after it restarts.
+
+``timeout_s`` bounds a whole attempt (connect, send, the answer's status and the first
+:data:`MAX_BODY` bytes of its body), and any error of one attempt is recorded on that
+delivery: one slow, broken or malicious receiver cannot hold up or stop the others.
 """
 
 from __future__ import annotations
@@ -40,10 +44,24 @@ USER_AGENT: Final = "shopfloor-hub-webhooks/1"
 IDLE_S: Final = 30.0
 #: An error text is kept this short in the store.
 MAX_ERROR: Final = 300
+#: At most this much of an answer's body is read (a piece of it goes into the error text).
+MAX_BODY: Final = 4096
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).netloc or url[:40]
+    try:
+        return urlsplit(url).netloc or url[:40]
+    except ValueError:
+        return url[:40]
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR] or type(exc).__name__
+
+
+def _snippet(body: bytes) -> str:
+    text = body.decode("utf-8", "replace")
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
 class WebhookSender:
@@ -67,8 +85,13 @@ class WebhookSender:
 
     async def run(self, stop: asyncio.Event) -> None:
         limits = httpx.Limits(max_connections=self.settings.concurrency)
+        # No proxies or certificates from the environment, no redirects: a delivery goes to
+        # the subscribed URL and nowhere else.
         async with httpx.AsyncClient(
-            timeout=self.settings.timeout_s, follow_redirects=False, limits=limits
+            timeout=self.settings.timeout_s,
+            follow_redirects=False,
+            trust_env=False,
+            limits=limits,
         ) as client:
             stopped = asyncio.create_task(stop.wait(), name="hub.webhooks.stop")
             try:
@@ -127,31 +150,55 @@ class WebhookSender:
     async def _attempt(
         self, client: httpx.AsyncClient, item: DueDelivery, gate: asyncio.Semaphore
     ) -> None:
+        """One attempt; whatever goes wrong is recorded on this delivery, never raised."""
+        answered: list[int] = []  # the status, once it is in
+        error: str | None
+        async with gate:
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    error = await self._post(client, item, answered)
+            except TimeoutError:
+                error = f"no complete answer within {self.settings.timeout_s:g} s"
+            except Exception as exc:  # a bad URL or answer fails this delivery only
+                error = _error_text(exc)
+                if not isinstance(exc, httpx.HTTPError):
+                    log.debug("webhook delivery %d failed", item.delivery.id, exc_info=True)
+        await self._finish(item, status=answered[0] if answered else None, error=error)
+
+    async def _post(
+        self, client: httpx.AsyncClient, item: DueDelivery, answered: list[int]
+    ) -> str | None:
+        """POST the delivery (its status goes into ``answered``); None if it was accepted,
+        else why not. Reads at most :data:`MAX_BODY` bytes of the answer."""
         d = item.delivery
         body = item.body.encode()
-        async with gate:
-            sent_at = self.clock()
-            timestamp = sent_at // 1000
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                TIMESTAMP_HEADER: str(timestamp),
-                SIGNATURE_HEADER: signature_header(item.secret, timestamp, body),
-                EVENT_ID_HEADER: d.event_id,
-                EVENT_TYPE_HEADER: d.event,
-                DELIVERY_HEADER: str(d.id),
-                "Idempotency-Key": d.event_id,
-            }
-            status: int | None = None
-            error: str | None = None
-            try:
-                response = await client.post(item.url, content=body, headers=headers)
-                status = response.status_code
-                if not 200 <= status < 300:
-                    error = f"the receiver answered {status}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR] or type(exc).__name__
-        await self._finish(item, status=status, error=error)
+        timestamp = self.clock() // 1000
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "Accept-Encoding": "identity",  # the little of the answer read is read as sent
+            TIMESTAMP_HEADER: str(timestamp),
+            SIGNATURE_HEADER: signature_header(item.secret, timestamp, body),
+            EVENT_ID_HEADER: d.event_id,
+            EVENT_TYPE_HEADER: d.event,
+            DELIVERY_HEADER: str(d.id),
+            "Idempotency-Key": d.event_id,
+        }
+        async with client.stream("POST", item.url, content=body, headers=headers) as response:
+            status = response.status_code
+            answered.append(status)
+            answer = b""
+            async for chunk in response.aiter_raw():
+                answer += chunk
+                if len(answer) >= MAX_BODY:
+                    break
+        if 200 <= status < 300:
+            return None
+        error = f"the receiver answered {status}"
+        text = _snippet(answer[:MAX_BODY])
+        if text:
+            error += f": {text}"
+        return error[:MAX_ERROR]
 
     async def _finish(self, item: DueDelivery, *, status: int | None, error: str | None) -> None:
         d = item.delivery

@@ -8,7 +8,7 @@ sweep_s = 30              # re-derive every open order this often (machine state
 max_attempts = 12         # attempts per delivery before it is marked dead
 retry_base_s = 10         # the first retry waits 5..10 s, the next 10..20 s, ...
 retry_max_s = 3600        # ... never more than this
-timeout_s = 10            # per attempt: connect, send, answer
+timeout_s = 10            # per attempt, in total: connect, send, answer
 concurrency = 4           # deliveries in flight at once
 ```
 """
