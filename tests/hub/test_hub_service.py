@@ -60,3 +60,17 @@ async def test_server_runs_the_whole_hub_and_stops_with_streams_open(
         server.should_exit = True
         await serving
     assert b'"online":false' in await broker.read_retained(f"{broker.root}/shop1/_hub/status")
+
+
+async def test_a_hub_stopped_right_after_it_started_stops_at_once(
+    hub_config: Callable[..., Any],
+) -> None:
+    # The order book's loop could clear the stop wake-up while handling its first batch
+    # and then sleep a whole sweep (30 s) before noticing: Ctrl-C hung that long.
+    from shopfloor.hub.runtime import open_hub
+
+    async with asyncio.timeout(10):
+        for _ in range(3):
+            async with open_hub(hub_config(), mqtt=False) as hub:
+                assert hub.orders is not None
+                await asyncio.sleep(0)

@@ -134,6 +134,8 @@ class OrderBook:
                     await self._guarded(self.sweep())
                     next_sweep = loop.time() + self.settings.sweep_s
                 await self._guarded(self._handle_dirty())
+                if stop.is_set():
+                    break  # the relay's wake-up may have been cleared by _handle_dirty
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
             relay.cancel()
