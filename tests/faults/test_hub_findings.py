@@ -220,18 +220,10 @@ async def test_data_is_back_row_does_not_assert_a_stale_state(
     assert await states_ms(api, *window) == {"IDLE": 20_000}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hub bug (left after 9a47460): when the first record after an outage is live "
-    "but not a state (telemetry; the agent sends live rows ahead of its backlog), "
-    "Trackers._record ends the OFFLINE at its arrival with the state the hub knew before "
-    "the outage; the replayed state rows that follow are older than that row and cannot "
-    "override it, so the history shows the pre-outage state from the reconnect until the "
-    "agent's next live state row (up to a 15 s heartbeat)",
-)
 async def test_live_telemetry_first_does_not_bring_back_a_stale_state(
     feed: tuple[Feed, httpx.AsyncClient],
 ) -> None:
+    """Fixed by storing no "data is back" row (the regression test)."""
     f, api = feed
     await f.state(1, T0, "RUNNING", at=T0 + 100)
     await f.will(at=T0 + 10_000)

@@ -48,11 +48,13 @@ async def test_staleness_takes_a_machine_offline_and_data_brings_it_back(
     assert view is not None
     assert (view.state, view.detail, view.since) == (MachineState.OFFLINE, "no data", 31_000)
 
+    # Data is back: the live view shows the machine again; no row is stored (the
+    # history resumes with the agent's next state row, see Trackers._record).
     rows = trackers.apply(batch(inc(env(RecordKind.TELEMETRY, seq=2), 70_000)))
-    assert rows == [StateRow("pi-1/cnc-1", 70_000, MachineState.RUNNING, "")]
+    assert rows == []
     view = trackers.get("cnc-1")
     assert view is not None
-    assert (view.state, view.last_seen) == (MachineState.RUNNING, 70_000)
+    assert (view.state, view.last_seen, view.since) == (MachineState.RUNNING, 70_000, 70_000)
 
 
 async def test_agent_offline_takes_all_its_machines_offline(env: EnvFactory) -> None:
@@ -183,7 +185,7 @@ async def test_retained_data_of_an_offline_agent_is_not_a_sign_of_life(env: EnvF
     assert (view.state, view.online) == (MachineState.OFFLINE, False)
     # Live data is: the agent is back and so is the machine.
     rows = trackers.apply(batch(inc(env(RecordKind.TELEMETRY, seq=2), 3_000)))
-    assert rows == [StateRow("pi-1/cnc-1", 3_000, MachineState.RUNNING, "")]
+    assert rows == []  # in the live view; the stored history waits for a state row
     view = trackers.get("cnc-1")
     assert view is not None
     assert (view.state, view.online) == (MachineState.RUNNING, True)
@@ -244,12 +246,13 @@ async def test_a_replay_ends_offline_only_with_data_from_after_the_mark(
     view = trackers.get("cnc-1")
     assert view is not None
     assert view.state is MachineState.OFFLINE
-    # Telemetry from 12 s: back as of 12 s (not 30 s), so the replayed IDLE from 20 s that
-    # follows is what the history shows from 20 s on.
+    # Telemetry from 12 s: back in the live view as of 12 s; nothing stored that could
+    # override the replayed IDLE from 20 s that follows.
     after = env(RecordKind.TELEMETRY, seq=3, ts=12_000, replay=True)
-    assert trackers.apply(batch(inc(after, 30_010))) == [
-        StateRow("pi-1/cnc-1", 12_000, MachineState.RUNNING, "")
-    ]
+    assert trackers.apply(batch(inc(after, 30_010))) == []
+    view = trackers.get("cnc-1")
+    assert view is not None
+    assert (view.state, view.since) == (MachineState.RUNNING, 12_000)
     idle = env(seq=4, ts=20_000, replay=True, body={"state": "IDLE", "since": 20_000})
     assert trackers.apply(batch(inc(idle, 30_020))) == []
     view = trackers.get("cnc-1")

@@ -430,16 +430,16 @@ class Trackers:
             # Live data proves the agent is alive even before its status says so.
             t.agent_online = self._agents[e.agent] = True
         if t.offline is not None and (not e.replay or e.ts > t.offline_since):
-            # Back: live data (as of its arrival), or a replayed record from after the
-            # mark, as of its own time: stamped at the arrival, the row would claim the
-            # old state over the replay's later state rows (older than the arrival). A
-            # replayed record from before the mark proves nothing about the gap.
-            back = max(e.ts, t.offline_since) if e.replay else inc.received_at
+            # Back in the live view. No row is stored for it: the hub does not know the
+            # machine's state since the mark (a state row at the arrival would claim the
+            # pre-outage state over the replayed rows that follow, which are older). The
+            # stored history resumes with the agent's next state row (a heartbeat at
+            # most 15 s away, or the replay), and the heartbeat rule voids the mark when
+            # the replay shows the agent kept observing.
             log.info("machine %s: data is back after %s", t.key, t.offline)
             t.offline = None
-            t.reported_since = back
+            t.reported_since = max(e.ts, t.offline_since) if e.replay else inc.received_at
             self.counters["recovered"] += 1
-            rows.append(StateRow(t.key, back, t.reported, t.reported_detail))
         return t
 
     def _status(self, update: StatusUpdate, rows: list[StateRow]) -> list[MachineTracker]:
