@@ -119,6 +119,7 @@ def test_roles_and_database_as_grafana_needs_them(names: dict[str, str], tmp_pat
     assert rows.returncode == 0, rows.stderr
     assert rows.stdout.split() == ["router", "7"]
     assert psql("-c", "show default_transaction_read_only", **reader).stdout.strip() == "on"
+    assert psql("-c", "show jit", **reader).stdout.strip() == "off"
 
     # and can change nothing
     for statement in (
