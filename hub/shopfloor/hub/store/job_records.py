@@ -13,12 +13,12 @@ must not import the job book (which imports the stores' package).
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from shopfloor.hub.store.base import EtaOrigin, Incoming, Interval, JobOutcome, JobRow
+from shopfloor.hub.store.row_decoding import Columns, json_object
 
 __all__ = ["EndReason", "JobBookStore", "JobRecord", "PastRunRow", "StoredEvent"]
 
@@ -211,20 +211,6 @@ class JobBookStore(Protocol):
     async def state_intervals(
         self, key: str, from_ms: int, to_ms: int, *, now_ms: int
     ) -> list[Interval]: ...
-
-
-class Columns(Protocol):
-    """A database row by position: an SQLite tuple or an asyncpg Record."""
-
-    def __getitem__(self, index: int, /) -> Any: ...
-
-
-def json_object(text: str | None) -> dict[str, Any] | None:
-    """A JSON column's text (both stores select JSON as text) as a dict, or None."""
-    if text is None:
-        return None
-    value = json.loads(text)
-    return value if isinstance(value, dict) else None
 
 
 def opt_float(value: object) -> float | None:

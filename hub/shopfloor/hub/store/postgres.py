@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -75,6 +74,7 @@ from shopfloor.hub.store.postgres_schema import (
 )
 from shopfloor.hub.store.postgres_text import pg_json as _json
 from shopfloor.hub.store.postgres_text import pg_text as _text
+from shopfloor.hub.store.row_decoding import machine_row
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -123,13 +123,6 @@ def _now_ms() -> int:
 
 class PartitionLockedError(StoreError):
     """A partition DDL gave up: its parent table stayed locked past the lock timeout."""
-
-
-def _loads(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    value = json.loads(text)
-    return value if isinstance(value, dict) else None
 
 
 def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
@@ -858,31 +851,7 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
     async def machines(self) -> list[MachineRow]:
         async with self._read() as conn:
             rows = await conn.fetch(MACHINES_SQL)
-        out = []
-        for r in rows:
-            latest = (
-                StateRow(r[0], int(r[12]), MachineState(r[13]), str(r[14]), StateSource(r[15]))
-                if r[12] is not None
-                else None
-            )
-            out.append(
-                MachineRow(
-                    key=r[0],
-                    agent=r[1],
-                    machine=r[2],
-                    site=r[3],
-                    name=r[4],
-                    kind=r[5],
-                    protocol=r[6],
-                    firmware=r[7],
-                    last_seen=r[8],
-                    meta=_loads(r[9]) or {},
-                    state_body=_loads(r[10]),
-                    state_ts=r[11],
-                    latest=latest,
-                )
-            )
-        return out
+        return [machine_row(r) for r in rows]
 
     async def agents(self) -> list[AgentRow]:
         async with self._read() as conn:

@@ -36,11 +36,11 @@ from shopfloor.hub.store.base import Incoming, JobRow
 from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent
 from shopfloor.hub.store.job_records import job_record as _record
 from shopfloor.hub.store.job_records import job_row as _row
-from shopfloor.hub.store.job_records import json_object as _obj
 from shopfloor.hub.store.job_records import opt_float as _float
 from shopfloor.hub.store.postgres_text import pg_clean as _clean
 from shopfloor.hub.store.postgres_text import pg_opt_text as _opt_text
 from shopfloor.hub.store.postgres_text import pg_text as _text
+from shopfloor.hub.store.row_decoding import json_object as _obj
 
 if TYPE_CHECKING:
     from asyncpg import Record

@@ -37,6 +37,7 @@ from shopfloor.hub.store.base import (
     WriteBatch,
     machine_key,
 )
+from shopfloor.hub.store.row_decoding import machine_row
 from shopfloor.hub.store.sqlite_feed import FEED_MIGRATION, SqliteFeed
 from shopfloor.hub.store.sqlite_jobs import JOBS_MIGRATION, SqliteJobs
 from shopfloor.hub.store.sqlite_orders import ORDERS_MIGRATION, SqliteOrders
@@ -252,13 +253,6 @@ def _now_ms() -> int:
 
 def _dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(dict(obj), separators=(",", ":"), ensure_ascii=False)
-
-
-def _loads(text: str | None) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    value = json.loads(text)
-    return value if isinstance(value, dict) else None
 
 
 def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
@@ -760,31 +754,7 @@ class SqliteStore(SqliteFeed, SqliteOrders, SqliteJobs):
             " ORDER BY m.key"
         ) as cur:
             rows = await cur.fetchall()
-        out = []
-        for r in rows:
-            latest = (
-                StateRow(r[0], int(r[12]), MachineState(r[13]), str(r[14]), StateSource(r[15]))
-                if r[12] is not None
-                else None
-            )
-            out.append(
-                MachineRow(
-                    key=r[0],
-                    agent=r[1],
-                    machine=r[2],
-                    site=r[3],
-                    name=r[4],
-                    kind=r[5],
-                    protocol=r[6],
-                    firmware=r[7],
-                    last_seen=r[8],
-                    meta=_loads(r[9]) or {},
-                    state_body=_loads(r[10]),
-                    state_ts=r[11],
-                    latest=latest,
-                )
-            )
-        return out
+        return [machine_row(r) for r in rows]
 
     async def agents(self) -> list[AgentRow]:
         async with self._r.execute(

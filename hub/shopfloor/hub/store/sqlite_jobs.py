@@ -32,8 +32,8 @@ from shopfloor.hub.store.base import Incoming, JobRow
 from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent
 from shopfloor.hub.store.job_records import job_record as _record
 from shopfloor.hub.store.job_records import job_row as _row
-from shopfloor.hub.store.job_records import json_object as _obj
 from shopfloor.hub.store.job_records import opt_float as _float
+from shopfloor.hub.store.row_decoding import json_object as _obj
 
 __all__ = ["JOBS_MIGRATION", "SqliteJobs"]
 
