@@ -455,3 +455,48 @@ async def test_the_container_health_check_passes_a_healthy_hub(
         assert (await client.get("/api/v1/health")).status_code == 200
         code, out = await _container_check(hub.port)
     assert (code, out) == (0, "")
+
+
+async def test_the_hubs_own_outboxes_are_in_the_metrics(
+    hub_config: Callable[..., Any], env: Callable[..., Envelope]
+) -> None:
+    import uuid
+
+    from shopfloor.hub.api.metrics import collect
+    from shopfloor.hub.orders.model import ORDER_STATUS_CHANGED, NewChange, NewOrder, OrderItem
+    from shopfloor.hub.runtime import open_hub
+    from shopfloor.hub.store import Incoming, WriteBatch
+
+    # A mirror pointed at a port nothing listens on, and a webhook nobody answers.
+    config = hub_config(f'[mirror]\nurl = "http://127.0.0.1:{_free_port()}"\n')
+    async with open_hub(config, mqtt=False) as hub:
+        assert hub.orders is not None
+        assert hub.mirror is not None
+        store = hub.orders.store
+        await hub.store.write(
+            WriteBatch(
+                records=[Incoming(env(RecordKind.TELEMETRY, seq=n), "shop1", 1) for n in (1, 2)]
+            )
+        )
+        order, _ = await store.create_order(
+            NewOrder(ref="7", items=(OrderItem(part="x", quantity=1),), due_at=None, note=""),
+            key=None,
+            now=1,
+        )
+        await store.add_webhook(
+            url=f"http://127.0.0.1:{_free_port()}/h", events=[ORDER_STATUS_CHANGED],
+            secret="s", description="", now=1,
+        )  # fmt: skip
+        await store.record_order_change(
+            NewChange(
+                order_id=order.id, expected_seq=order.change_seq, event_id=uuid.uuid4().hex,
+                previous=order.status, status=order.status.__class__("queued"), at=2, body="{}",
+            )
+        )  # fmt: skip
+        families = parse_exposition(render(await collect(hub)))
+    deliveries = families["shopfloor_hub_webhook_deliveries"]
+    assert deliveries.type == "gauge"
+    assert deliveries.value(state="pending") + deliveries.value(state="dead") == 1
+    assert deliveries.value(state="delivered") == 0
+    assert families["shopfloor_hub_mirror_lag_records"].value() == 2  # nothing written yet
+    assert families["shopfloor_hub_mirror_consecutive_failures"].type == "gauge"

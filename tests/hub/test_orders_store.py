@@ -267,6 +267,7 @@ async def test_deliveries_come_due_retry_die_and_are_queued_again(store: AnyStor
     )  # fmt: skip
     dead = await store.delivery(d.id)
     assert dead is not None
+    assert await store.delivery_counts() == {"pending": 0, "delivered": 0, "dead": 1}
     assert (dead.state, dead.attempts, dead.last_status, dead.last_error, dead.finished_at) == (
         DeliveryState.DEAD,
         2,

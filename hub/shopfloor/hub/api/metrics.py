@@ -9,7 +9,9 @@ Written by hand (the format is small): a :class:`Family` per metric with its ``#
   and still open, replay requests, and the lag of every stream that has a gap (highest
   seq seen minus highest contiguous seq stored), with the worst one on its own;
 - health: MQTT connected, store answering, agents online (each and in total), machines
-  per state, event-stream (SSE) clients and the changes dropped for slow ones.
+  per state, event-stream (SSE) clients and the changes dropped for slow ones;
+- the hub's own outboxes: webhook deliveries by state (pending is the outbox depth), the
+  metrics mirror's lag in records and its consecutive failures.
 
 The endpoint needs a token with the ``read`` scope once the hub has tokens, like the other
 read endpoints: give Prometheus one with ``authorization: {credentials_file: ...}``.
@@ -191,6 +193,7 @@ async def collect(hub: Hub) -> list[Family]:
         _gauge("gaps_open", "streams with a gap right now", counters.get("gaps_open", 0)),
     ]
     families += await _store_families(hub)
+    families += await _outbox_families(hub)
     families += _tracker_families(hub)
     return families
 
@@ -227,6 +230,35 @@ async def _store_families(hub: Hub) -> list[Family]:
         agents,
         _gauge("agents_online", "agents online", online),
     ]
+    return families
+
+
+async def _outbox_families(hub: Hub) -> list[Family]:
+    """The hub's own outboxes: webhook deliveries by state, and the metrics mirror's lag."""
+    families: list[Family] = []
+    if hub.orders is not None:
+        deliveries = Family(
+            PREFIX + "webhook_deliveries",
+            "gauge",
+            "webhook deliveries by state: pending (the outbox), delivered, dead (gave up)",
+        )
+        try:
+            counts = await hub.orders.store.delivery_counts()
+        except StoreError:
+            counts = {}
+        for state, n in sorted(counts.items()):
+            deliveries.add(n, state=state)
+        families.append(deliveries)
+    if hub.mirror is not None:
+        h = await hub.mirror.health()
+        families += [
+            _gauge("mirror_lag_records", "stored records the mirror has not written yet", h.lag),
+            _gauge(
+                "mirror_consecutive_failures",
+                "failed writes to InfluxDB/VictoriaMetrics since the last success",
+                h.consecutive_failures,
+            ),
+        ]
     return families
 
 

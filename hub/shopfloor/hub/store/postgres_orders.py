@@ -565,6 +565,10 @@ class PostgresOrders:
         )
         return [_delivery(r) for r in rows]
 
+    async def delivery_counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT state, count(*) FROM webhook_deliveries GROUP BY state")
+        return {"pending": 0, "delivered": 0, "dead": 0} | {str(r[0]): int(r[1]) for r in rows}
+
     async def delivery(self, delivery_id: int) -> DeliveryRow | None:
         rows = await self._fetch(_SELECT_DELIVERIES + " WHERE d.id = $1", delivery_id)
         return _delivery(rows[0]) if rows else None

@@ -582,6 +582,10 @@ class SqliteOrders:
         )
         return [_delivery(r) for r in rows]
 
+    async def delivery_counts(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT state, count(*) FROM webhook_deliveries GROUP BY state")
+        return {"pending": 0, "delivered": 0, "dead": 0} | {str(s): int(n) for s, n in rows}
+
     async def delivery(self, delivery_id: int) -> DeliveryRow | None:
         rows = await self._fetchall(
             _SELECT_DELIVERIES + " WHERE d.id = ?",
