@@ -36,6 +36,7 @@ from shopfloor.contract import (
     parse_data_loss,
 )
 from shopfloor.contract.envelope import RecordKind
+from shopfloor.contract.topics import hub_status_topic
 
 TOPICS = AgentTopics(site="shop", agent="pi-1", root="t/v1")
 
@@ -436,6 +437,41 @@ async def test_a_stuck_watermark_triggers_a_resend(tmp_path: Path) -> None:
             await until(lambda: len(conn.sent) == 3)
             await until(lambda: len(conn.sent) == 6, limit_s=5)
         assert [e.replay for e in conn.envelopes()] == [False] * 3 + [True] * 3
+        assert pub.resends == 1
+
+
+async def test_a_hub_coming_back_online_gets_what_it_has_not_acknowledged_again(
+    tmp_path: Path,
+) -> None:
+    status_topic = hub_status_topic(TOPICS.site, TOPICS.root)
+
+    def hub_status(online: bool, *, retained: bool) -> None:
+        payload = json.dumps({"online": online}).encode()
+        conn.incoming.put_nowait(IncomingMessage(status_topic, payload, 1, retained))
+
+    async with await Outbox.open(tmp_path) as outbox:
+        conn = FakeConn()
+        pub = Publisher(conn, outbox, TOPICS, default_machine="m1")  # type: ignore[arg-type]
+        async with running(pub):
+            await pub.write([rec(RecordKind.TELEMETRY, n) for n in range(4)])
+            await until(lambda: len(conn.sent) == 4)
+            ack(conn, outbox.stream, 1)
+            await until(lambda: pub.acked == 1)
+            # Old news from the broker's retained store (on subscribe): nothing is resent.
+            hub_status(True, retained=True)
+            await asyncio.sleep(0.2)
+            assert len(conn.sent) == 4
+            # The hub (re)connects and says so live: seqs 2-4 may have gone to a broker that
+            # had no session for it; they go again, as replays, at once.
+            hub_status(True, retained=False)
+            await until(lambda: len(conn.sent) == 7)
+            # Going offline resends nothing.
+            hub_status(False, retained=False)
+            await asyncio.sleep(0.2)
+            assert len(conn.sent) == 7
+        again = conn.envelopes()[4:]
+        assert [e.seq for e in again] == [2, 3, 4]
+        assert all(e.replay for e in again)
         assert pub.resends == 1
 
 

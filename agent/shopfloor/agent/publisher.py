@@ -464,7 +464,7 @@ class Publisher:
             elif message.topic == self._topics.cmd("replay"):
                 await self._on_replay(message.payload)
             elif message.topic == hub_status_topic(self._topics.site, self._topics.root):
-                self._on_hub_status(message.payload)
+                self._on_hub_status(message.payload, retained=message.retain)
         except ContractError as exc:
             log.warning("ignoring a bad message on %s: %s", message.topic, exc)
 
@@ -536,11 +536,28 @@ class Publisher:
         self._rewind = start
         self._wake.set()
 
-    def _on_hub_status(self, payload: bytes) -> None:
+    def _on_hub_status(self, payload: bytes, *, retained: bool = False) -> None:
         try:
             body: Any = json.loads(payload) if payload else {}
         except ValueError:
             return
         online = body.get("online") if isinstance(body, dict) else None
-        if isinstance(online, bool):
-            self.hub_online = online
+        if not isinstance(online, bool):
+            return
+        self.hub_online = online
+        if (
+            online
+            and not retained
+            and self.outbox.stats.depth > 0
+            and self._cursor - 1 > self.acked
+        ):
+            # The hub has just (re)connected. What it has not acknowledged may have gone to a
+            # broker that held no session for it (restarted without persistence): send it
+            # again now rather than after the hub's reorder timeout and replay request.
+            log.info(
+                "the hub is back online; sending the %d row(s) it has not acknowledged again",
+                self._cursor - 1 - self.acked,
+            )
+            self.resends += 1
+            self._rewind = self.acked + 1
+            self._wake.set()
