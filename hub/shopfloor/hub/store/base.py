@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from shopfloor.contract import AgentStatus, Envelope, MachineState
+from shopfloor.contract import AgentStatus, Envelope, MachineState, RecordKind
 
 if TYPE_CHECKING:
     from shopfloor.hub.orders.model import (
@@ -84,6 +84,21 @@ class StateRow:
     state: MachineState
     detail: str = ""
     source: StateSource = StateSource.HUB
+
+
+def agent_state_rows(records: Sequence[Incoming]) -> list[StateRow]:
+    """The state rows the agent's own state records make, as every store writes them."""
+    return [
+        StateRow(
+            machine_key=machine_key(i.envelope.agent, i.envelope.machine),
+            ts=i.envelope.ts,
+            state=MachineState(i.envelope.body["state"]),
+            detail=str(i.envelope.body.get("detail") or ""),
+            source=StateSource.AGENT,
+        )
+        for i in records
+        if i.envelope.kind is RecordKind.STATE
+    ]
 
 
 @dataclass(frozen=True, slots=True)

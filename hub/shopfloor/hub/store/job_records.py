@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from shopfloor.contract import Envelope, RecordKind
 from shopfloor.hub.store.base import EtaOrigin, Incoming, Interval, JobOutcome, JobRow
 from shopfloor.hub.store.row_decoding import Columns, json_object
 
@@ -270,4 +271,24 @@ def job_record(r: Columns) -> JobRecord:
         active_ms=r[21],
         profile=json_object(r[22]),
         header=r[23],
+    )
+
+
+def stored_event(r: Columns) -> StoredEvent:
+    """A row of the job book's replay query (both stores select the same columns): cursor,
+    agent, stream, seq, machine, ts, mono, received_at, replay, body, site, kind."""
+    envelope = Envelope(
+        kind=RecordKind(r[11]),
+        agent=r[1],
+        machine=r[4],
+        stream=r[2],
+        seq=int(r[3]),
+        ts=int(r[5]),
+        body=json_object(r[9]) or {},
+        mono=r[6],
+        replay=bool(r[8]),
+    )
+    return StoredEvent(
+        cursor=int(r[0]),
+        incoming=Incoming(envelope=envelope, site=r[10], received_at=int(r[7])),
     )

@@ -46,11 +46,11 @@ from shopfloor.hub.store.base import (
     RejectedRow,
     Rejection,
     StateRow,
-    StateSource,
     StatusUpdate,
     StreamLag,
     TimeWindow,
     WriteBatch,
+    agent_state_rows,
     machine_key,
 )
 from shopfloor.hub.store.postgres_feed import FEED_MIGRATION, PostgresFeed
@@ -487,18 +487,7 @@ class PostgresStore(PostgresFeed, PostgresOrders, PostgresJobs):
     async def _write(self, conn: Conn, batch: WriteBatch) -> BatchResult:
         new = await self._insert_records(conn, batch.records)
         await self._update_machines(conn, new)
-        agent_states = [
-            StateRow(
-                machine_key=machine_key(i.envelope.agent, i.envelope.machine),
-                ts=i.envelope.ts,
-                state=MachineState(i.envelope.body["state"]),
-                detail=str(i.envelope.body.get("detail") or ""),
-                source=StateSource.AGENT,
-            )
-            for i in new
-            if i.envelope.kind is RecordKind.STATE
-        ]
-        await self._insert_states(conn, [*agent_states, *batch.states])
+        await self._insert_states(conn, [*agent_state_rows(new), *batch.states])
         await self._insert_data_losses(conn, new)
         watermarks = await self._advance_streams(conn, batch.records)
         applied = [s for s in batch.statuses if await self._apply_status(conn, s)]

@@ -30,11 +30,11 @@ from shopfloor.hub.store.base import (
     RejectedRow,
     Rejection,
     StateRow,
-    StateSource,
     StatusUpdate,
     StreamLag,
     TimeWindow,
     WriteBatch,
+    agent_state_rows,
     machine_key,
 )
 from shopfloor.hub.store.row_decoding import machine_row
@@ -380,18 +380,7 @@ class SqliteStore(SqliteFeed, SqliteOrders, SqliteJobs):
     async def _write(self, conn: aiosqlite.Connection, batch: WriteBatch) -> BatchResult:
         new = await self._insert_records(conn, batch.records)
         await self._update_machines(conn, new)
-        agent_states = [
-            StateRow(
-                machine_key=machine_key(i.envelope.agent, i.envelope.machine),
-                ts=i.envelope.ts,
-                state=MachineState(i.envelope.body["state"]),
-                detail=str(i.envelope.body.get("detail") or ""),
-                source=StateSource.AGENT,
-            )
-            for i in new
-            if i.envelope.kind is RecordKind.STATE
-        ]
-        await self._insert_states(conn, [*agent_states, *batch.states])
+        await self._insert_states(conn, [*agent_state_rows(new), *batch.states])
         await self._insert_data_losses(conn, new)
         watermarks = await self._advance_streams(conn, batch.records)
         applied = [s for s in batch.statuses if await self._apply_status(conn, s)]

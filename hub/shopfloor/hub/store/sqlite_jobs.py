@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiosqlite
 
-from shopfloor.contract import Envelope, RecordKind
 from shopfloor.hub.errors import StoreError
-from shopfloor.hub.store.base import Incoming, JobRow
-from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent
+from shopfloor.hub.store.base import JobRow
+from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent, stored_event
 from shopfloor.hub.store.job_records import job_record as _record
 from shopfloor.hub.store.job_records import job_row as _row
 from shopfloor.hub.store.job_records import opt_float as _float
@@ -322,26 +321,7 @@ class SqliteJobs:
                 (_clamp(cursor), limit),
             ) as cur:
                 rows = await cur.fetchall()
-        out = []
-        for r in rows:
-            envelope = Envelope(
-                kind=RecordKind(r[11]),
-                agent=r[1],
-                machine=r[4],
-                stream=r[2],
-                seq=int(r[3]),
-                ts=int(r[5]),
-                body=_obj(r[9]) or {},
-                mono=r[6],
-                replay=bool(r[8]),
-            )
-            out.append(
-                StoredEvent(
-                    cursor=int(r[0]),
-                    incoming=Incoming(envelope=envelope, site=r[10], received_at=int(r[7])),
-                )
-            )
-        return out
+        return [stored_event(r) for r in rows]
 
     async def past_runs(
         self,
