@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from shopfloor.contract import Envelope, RecordKind
 from shopfloor.hub.store.base import EtaOrigin, Incoming, Interval, JobOutcome, JobRow
@@ -272,6 +272,22 @@ def job_record(r: Columns) -> JobRecord:
         profile=json_object(r[22]),
         header=r[23],
     )
+
+
+#: Both stores keep ids and times as 64-bit integers (SQLite INTEGER, PostgreSQL bigint).
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def clamp_int64(value: int | None) -> int | None:
+    """``value`` clamped into 64 bits: every stored id and time is inside, so a bound beyond
+    it (a typed cursor or time) compares the same as the limit itself."""
+    return None if value is None else max(INT64_MIN, min(INT64_MAX, value))
+
+
+def is_int64(value: int) -> bool:
+    """An id outside 64 bits names no row (clamping it could name one)."""
+    return INT64_MIN <= value <= INT64_MAX
 
 
 def stored_event(r: Columns) -> StoredEvent:

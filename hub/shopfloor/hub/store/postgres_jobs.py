@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import JobRow
-from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent, stored_event
+from shopfloor.hub.store.job_records import (
+    JobRecord,
+    PastRunRow,
+    StoredEvent,
+    clamp_int64,
+    is_int64,
+    stored_event,
+)
 from shopfloor.hub.store.job_records import job_record as _record
 from shopfloor.hub.store.job_records import job_row as _row
 from shopfloor.hub.store.job_records import opt_float as _float
@@ -141,8 +148,6 @@ _INSERT_SQL: Final = (
 )
 _CURSOR: Final = "jobs_cursor"
 _MAX_LIMIT: Final = 10_000
-_BIGINT_MAX: Final = 2**63 - 1
-_BIGINT_MIN: Final = -(2**63)
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
@@ -150,12 +155,6 @@ def _json(value: Mapping[str, Any] | None) -> str | None:
     if value is None:
         return None
     return json.dumps(_clean(dict(value)), separators=(",", ":"), ensure_ascii=False)
-
-
-def _bigint(value: int | None) -> int | None:
-    """``value`` clamped into ``bigint``: every stored id and time is inside it, so a bound
-    beyond it compares the same as the limit itself."""
-    return None if value is None else max(_BIGINT_MIN, min(_BIGINT_MAX, value))
 
 
 def _args(job: JobRecord) -> tuple[Any, ...]:
@@ -218,8 +217,8 @@ class PostgresJobs:
             return []
         wanted = None
         if ids is not None:
-            # An id outside bigint names no job (clamping it could name one).
-            wanted = [int(i) for i in ids if _BIGINT_MIN <= int(i) <= _BIGINT_MAX]
+            # An id outside 64 bits names no job (clamping it could name one).
+            wanted = [int(i) for i in ids if is_int64(int(i))]
             if not wanted:
                 return []
         async with self._read() as conn:
@@ -229,15 +228,15 @@ class PostgresJobs:
                 _opt_text(order_ref),
                 wanted,
                 running,
-                _bigint(since_ms),
-                _bigint(until_ms),
-                _bigint(after_id),
+                clamp_int64(since_ms),
+                clamp_int64(until_ms),
+                clamp_int64(after_id),
                 max(0, min(limit, _MAX_LIMIT)),
             )
         return [_row(r) for r in rows]
 
     async def job(self, job_id: int) -> JobRow | None:
-        if not _BIGINT_MIN <= job_id <= _BIGINT_MAX:
+        if not is_int64(job_id):
             return None
         async with self._read() as conn:
             row = await conn.fetchrow(_SELECT_ROWS + " WHERE id = $1", job_id)
@@ -321,7 +320,7 @@ class PostgresJobs:
                 " WHERE r.id > $1 AND (r.kind = 'event'"
                 "   OR (r.kind = 'state' AND jsonb_typeof(r.body -> 'job') = 'object'))"
                 " ORDER BY r.id LIMIT $2",
-                _bigint(cursor),
+                clamp_int64(cursor),
                 limit,
             )
         return [stored_event(r) for r in rows]

@@ -28,7 +28,14 @@ import aiosqlite
 
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import JobRow
-from shopfloor.hub.store.job_records import JobRecord, PastRunRow, StoredEvent, stored_event
+from shopfloor.hub.store.job_records import (
+    JobRecord,
+    PastRunRow,
+    StoredEvent,
+    clamp_int64,
+    is_int64,
+    stored_event,
+)
 from shopfloor.hub.store.job_records import job_record as _record
 from shopfloor.hub.store.job_records import job_row as _row
 from shopfloor.hub.store.job_records import opt_float as _float
@@ -98,8 +105,6 @@ _JOBS_SQL: Final = (
 )
 _CURSOR: Final = "jobs_cursor"
 _MAX_LIMIT: Final = 10_000
-_INT_MAX: Final = 2**63 - 1
-_INT_MIN: Final = -(2**63)
 
 _UPSERT_SQL: Final = (
     "INSERT INTO jobs (machine_key, agent_job, program, unit, source, started_at, ended_at,"
@@ -120,12 +125,6 @@ _UPSERT_SQL: Final = (
     " active_ms = excluded.active_ms, profile = excluded.profile, header = excluded.header"
     " RETURNING id"
 )
-
-
-def _clamp(value: int | None) -> int | None:
-    """``value`` clamped into SQLite's INTEGER: every stored id and time is inside it, so a
-    bound beyond it compares the same as the limit itself (a typed cursor or time)."""
-    return None if value is None else max(_INT_MIN, min(_INT_MAX, value))
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:
@@ -204,8 +203,8 @@ class SqliteJobs:
             return []
         wanted = None
         if ids is not None:
-            # An id outside INTEGER names no job (as on PostgreSQL).
-            wanted = [int(i) for i in ids if _INT_MIN <= int(i) <= _INT_MAX]
+            # An id outside 64 bits names no job (clamping it could name one).
+            wanted = [int(i) for i in ids if is_int64(int(i))]
             if not wanted:
                 return []
         params = {
@@ -213,9 +212,9 @@ class SqliteJobs:
             "ref": order_ref,
             "ids": json.dumps(wanted) if wanted is not None else None,
             "running": None if running is None else int(running),
-            "since": _clamp(since_ms),
-            "until": _clamp(until_ms),
-            "after": _clamp(after_id),
+            "since": clamp_int64(since_ms),
+            "until": clamp_int64(until_ms),
+            "after": clamp_int64(after_id),
             "limit": max(0, min(limit, _MAX_LIMIT)),
         }
         with self._errors("reading jobs from"):
@@ -224,7 +223,7 @@ class SqliteJobs:
         return [_row(r) for r in rows]
 
     async def job(self, job_id: int) -> JobRow | None:
-        if not _INT_MIN <= job_id <= _INT_MAX:
+        if not is_int64(job_id):
             return None
         with self._errors("reading a job from"):
             async with self._r.execute(_SELECT_ROWS + " WHERE id = ?", (job_id,)) as cur:
@@ -318,7 +317,7 @@ class SqliteJobs:
                 " WHERE r.rowid > ? AND (r.kind = 'event'"
                 "   OR (r.kind = 'state' AND json_type(r.body, '$.job') = 'object'))"
                 " ORDER BY r.rowid LIMIT ?",
-                (_clamp(cursor), limit),
+                (clamp_int64(cursor), limit),
             ) as cur:
                 rows = await cur.fetchall()
         return [stored_event(r) for r in rows]
