@@ -44,6 +44,10 @@ from shopfloor.hub.orders.model import (
     OrderStatus,
     WebhookRow,
 )
+from shopfloor.hub.store.order_rows import change_row as _change
+from shopfloor.hub.store.order_rows import delivery_row as _delivery
+from shopfloor.hub.store.order_rows import order_row as _order
+from shopfloor.hub.store.order_rows import webhook_row as _hook
 from shopfloor.hub.store.postgres_text import pg_opt_text as _opt_text
 from shopfloor.hub.store.postgres_text import pg_text as _text
 
@@ -158,64 +162,6 @@ def _items_json(items: Sequence[OrderItem]) -> str:
         [{k: _text(v) if isinstance(v, str) else v for k, v in i.to_json().items()} for i in items],
         separators=(",", ":"),
         ensure_ascii=False,
-    )
-
-
-def _order(row: Record) -> OrderRow:
-    return OrderRow(
-        id=int(row[0]),
-        ref=str(row[1]),
-        items=tuple(OrderItem.from_json(i) for i in json.loads(row[2])),
-        due_at=None if row[3] is None else int(row[3]),
-        note=str(row[4]),
-        created_at=int(row[5]),
-        status=OrderStatus(row[6]),
-        status_since=int(row[7]),
-        change_seq=int(row[8]),
-        idempotency_key=row[9],
-        fingerprint=str(row[10]),
-    )
-
-
-def _change(row: Record) -> OrderChange:
-    return OrderChange(
-        id=int(row[0]),
-        event_id=str(row[1]),
-        order_id=int(row[2]),
-        seq=int(row[3]),
-        previous=OrderStatus(row[4]) if row[4] is not None else None,
-        status=OrderStatus(row[5]),
-        at=int(row[6]),
-        body=str(row[7]),
-    )
-
-
-def _hook(row: Record) -> WebhookRow:
-    return WebhookRow(
-        id=int(row[0]),
-        url=str(row[1]),
-        events=tuple(json.loads(row[2])),
-        secret=str(row[3]),
-        description=str(row[4]),
-        created_at=int(row[5]),
-    )
-
-
-def _delivery(row: Record) -> DeliveryRow:
-    return DeliveryRow(
-        id=int(row[0]),
-        webhook_id=int(row[1]),
-        change_id=int(row[2]),
-        event_id=str(row[3]),
-        event=str(row[4]),
-        order_id=int(row[5]),
-        state=DeliveryState(row[6]),
-        attempts=int(row[7]),
-        next_at=int(row[8]),
-        last_error=row[9],
-        last_status=None if row[10] is None else int(row[10]),
-        created_at=int(row[11]),
-        finished_at=None if row[12] is None else int(row[12]),
     )
 
 

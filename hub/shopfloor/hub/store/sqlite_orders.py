@@ -28,12 +28,15 @@ from shopfloor.hub.orders.model import (
     NewChange,
     NewOrder,
     OrderChange,
-    OrderItem,
     OrderLink,
     OrderRow,
     OrderStatus,
     WebhookRow,
 )
+from shopfloor.hub.store.order_rows import change_row as _change
+from shopfloor.hub.store.order_rows import delivery_row as _delivery
+from shopfloor.hub.store.order_rows import order_row as _order
+from shopfloor.hub.store.order_rows import webhook_row as _hook
 
 T = TypeVar("T")
 
@@ -133,64 +136,6 @@ _SELECT_DUE: Final = (
     " FROM webhook_deliveries d JOIN order_changes c ON c.id = d.change_id"
     " JOIN webhooks w ON w.id = d.webhook_id"
 )
-
-
-def _order(row: Sequence[Any]) -> OrderRow:
-    return OrderRow(
-        id=int(row[0]),
-        ref=str(row[1]),
-        items=tuple(OrderItem.from_json(i) for i in json.loads(row[2])),
-        due_at=row[3],
-        note=str(row[4]),
-        created_at=int(row[5]),
-        status=OrderStatus(row[6]),
-        status_since=int(row[7]),
-        change_seq=int(row[8]),
-        idempotency_key=row[9],
-        fingerprint=str(row[10]),
-    )
-
-
-def _change(row: Sequence[Any]) -> OrderChange:
-    return OrderChange(
-        id=int(row[0]),
-        event_id=str(row[1]),
-        order_id=int(row[2]),
-        seq=int(row[3]),
-        previous=OrderStatus(row[4]) if row[4] is not None else None,
-        status=OrderStatus(row[5]),
-        at=int(row[6]),
-        body=str(row[7]),
-    )
-
-
-def _hook(row: Sequence[Any]) -> WebhookRow:
-    return WebhookRow(
-        id=int(row[0]),
-        url=str(row[1]),
-        events=tuple(json.loads(row[2])),
-        secret=str(row[3]),
-        description=str(row[4]),
-        created_at=int(row[5]),
-    )
-
-
-def _delivery(row: Sequence[Any]) -> DeliveryRow:
-    return DeliveryRow(
-        id=int(row[0]),
-        webhook_id=int(row[1]),
-        change_id=int(row[2]),
-        event_id=str(row[3]),
-        event=str(row[4]),
-        order_id=int(row[5]),
-        state=DeliveryState(row[6]),
-        attempts=int(row[7]),
-        next_at=int(row[8]),
-        last_error=row[9],
-        last_status=row[10],
-        created_at=int(row[11]),
-        finished_at=row[12],
-    )
 
 
 class SqliteOrders:
