@@ -10,12 +10,12 @@ not supported on one database (docs/architecture.md, "PostgreSQL").
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Final
 
 from shopfloor.hub.store.base import StoredRecord
+from shopfloor.hub.store.row_decoding import stored_record
 
 if TYPE_CHECKING:
     from asyncpg import Record
@@ -54,19 +54,7 @@ class PostgresFeed:
                 cursor,
                 limit,
             )
-        return [
-            StoredRecord(
-                cursor=int(r[0]),
-                agent=str(r[1]),
-                stream=str(r[2]),
-                seq=int(r[3]),
-                machine=str(r[4]),
-                kind=str(r[5]),
-                ts=int(r[6]),
-                body=json.loads(r[7]),
-            )
-            for r in rows
-        ]
+        return [stored_record(r) for r in rows]
 
     async def feed_head(self) -> int:
         """The highest cursor stored so far (0 when there are no records)."""

@@ -10,7 +10,7 @@ import json
 from typing import Any, Protocol
 
 from shopfloor.contract import MachineState
-from shopfloor.hub.store.base import MachineRow, StateRow, StateSource
+from shopfloor.hub.store.base import MachineRow, StateRow, StateSource, StoredRecord
 
 
 class Columns(Protocol):
@@ -49,4 +49,18 @@ def machine_row(r: Columns) -> MachineRow:
         state_body=json_object(r[10]),
         state_ts=r[11],
         latest=latest,
+    )
+
+
+def stored_record(r: Columns) -> StoredRecord:
+    """A row of the record feed: cursor, agent, stream, seq, machine, kind, ts, body."""
+    return StoredRecord(
+        cursor=int(r[0]),
+        agent=str(r[1]),
+        stream=str(r[2]),
+        seq=int(r[3]),
+        machine=str(r[4]),
+        kind=str(r[5]),
+        ts=int(r[6]),
+        body=json.loads(r[7]),
     )

@@ -15,7 +15,6 @@ a consumer relies on its cursor (docs/operations.md, "Metrics mirror").
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import aiosqlite
 
 from shopfloor.hub.errors import StoreError
 from shopfloor.hub.store.base import StoredRecord
+from shopfloor.hub.store.row_decoding import stored_record
 
 #: Migration 5: the named cursors of the feed's consumers.
 FEED_MIGRATION: Final = (
@@ -66,19 +66,7 @@ class SqliteFeed:
                 rows = await cur.fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"reading the record feed of {self.path} failed: {exc}") from exc
-        return [
-            StoredRecord(
-                cursor=int(r[0]),
-                agent=str(r[1]),
-                stream=str(r[2]),
-                seq=int(r[3]),
-                machine=str(r[4]),
-                kind=str(r[5]),
-                ts=int(r[6]),
-                body=json.loads(r[7]),
-            )
-            for r in rows
-        ]
+        return [stored_record(r) for r in rows]
 
     async def feed_head(self) -> int:
         """The highest cursor stored so far (0 when there are no records)."""
